@@ -1,0 +1,39 @@
+//! Rust-coded migrations for the Orkestra schema.
+//!
+//! [`Migrator`] builds the whole schema of the seed ("Task 05: Database Schema & Repository
+//! Layer") on PostgreSQL, and the same schema on SQLite (enums as checked text). Run it from a
+//! terminal with `sea-orm-cli migrate up` (or `cargo run -p orkestra-migration -- up`), or from code:
+//!
+//! ```no_run
+//! use orkestra_migration::{Migrator, MigratorTrait};
+//! # async fn run(db: &sea_orm_migration::sea_orm::DatabaseConnection) -> Result<(), sea_orm_migration::sea_orm::DbErr> {
+//! Migrator::up(db, None).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! Every migration's `down` undoes its `up` exactly, enum types and trigger functions included.
+
+pub use sea_orm_migration::prelude::*;
+
+mod common;
+mod m20261125_000001_create_tenants;
+mod m20261125_000002_create_users_and_groups;
+mod m20261125_000003_create_conversations;
+mod m20261125_000004_create_tasks;
+mod m20261125_000005_create_audit_events;
+
+/// The ordered list of Orkestra migrations.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261125_000001_create_tenants::Migration),
+            Box::new(m20261125_000002_create_users_and_groups::Migration),
+            Box::new(m20261125_000003_create_conversations::Migration),
+            Box::new(m20261125_000004_create_tasks::Migration),
+            Box::new(m20261125_000005_create_audit_events::Migration),
+        ]
+    }
+}

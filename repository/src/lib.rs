@@ -1,0 +1,1 @@
+//! Tenant-scoped repositories over the Orkestra schema (being built: see the README).
