@@ -1,0 +1,183 @@
+//! The test harness of the Orkestra data layer: one suite, two backends.
+//!
+//! The backend is chosen by `DATABASE_URL`:
+//! - unset (or a `sqlite:` URL): every test gets its own in-memory SQLite database;
+//! - `postgres://...`: the first test of a process migrates a template database once with the real
+//!   [`Migrator`](orkestra_migration::Migrator); every test then gets its own copy
+//!   (`CREATE DATABASE ... TEMPLATE`), dropped when the test's [`TestDb`] is dropped, whether the test
+//!   passed or panicked. Databases left by crashed runs are swept (see [`pg::sweep`]).
+//!
+//! Tests that only make sense on PostgreSQL carry
+//! `#[cfg_attr(not(orkestra_pg), ignore = "...")]`; the build script sets `orkestra_pg` when
+//! `DATABASE_URL` names a PostgreSQL server, so they run there and are listed as ignored on SQLite.
+
+pub mod catalog;
+pub mod fixtures;
+pub mod pg;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use orkestra_migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbBackend};
+
+/// The backend a test run uses, from `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
+    /// In-memory SQLite, one database per test.
+    Sqlite,
+    /// A PostgreSQL server; the URL names the database used for administration (create and drop).
+    Postgres {
+        /// The administration URL (`DATABASE_URL`).
+        admin_url: String,
+    },
+}
+
+impl Backend {
+    /// Reads `DATABASE_URL`: unset or `sqlite:...` is SQLite, `postgres://...` is PostgreSQL.
+    ///
+    /// # Panics
+    /// On any other scheme, and when `ORKESTRA_EXPECT_BACKEND` (`sqlite` or `postgres`, set by CI)
+    /// names another backend: a test run must never silently fall back to another backend.
+    pub fn from_env() -> Backend {
+        let backend = Self::from_url();
+        if let Ok(expected) = std::env::var("ORKESTRA_EXPECT_BACKEND") {
+            let actual = match backend {
+                Backend::Sqlite => "sqlite",
+                Backend::Postgres { .. } => "postgres",
+            };
+            assert_eq!(
+                actual, expected,
+                "ORKESTRA_EXPECT_BACKEND={expected}, but DATABASE_URL selects {actual}"
+            );
+        }
+        backend
+    }
+
+    fn from_url() -> Backend {
+        match std::env::var("DATABASE_URL") {
+            Err(_) => Backend::Sqlite,
+            Ok(url) if url.is_empty() || url.starts_with("sqlite:") => Backend::Sqlite,
+            Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Backend::Postgres { admin_url: url }
+            }
+            Ok(url) => panic!(
+                "DATABASE_URL must be unset (SQLite) or a postgres:// URL, not {:?}",
+                pg::redact(&url)
+            ),
+        }
+    }
+
+    /// The sea-orm backend this is.
+    pub fn db_backend(&self) -> DbBackend {
+        match self {
+            Backend::Sqlite => DbBackend::Sqlite,
+            Backend::Postgres { .. } => DbBackend::Postgres,
+        }
+    }
+}
+
+/// Connection options for tests: a small pool, no per-statement log noise.
+pub(crate) fn options(url: &str) -> ConnectOptions {
+    let mut options = ConnectOptions::new(url.to_owned());
+    options
+        .max_connections(8)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(30))
+        .sqlx_logging(false);
+    options
+}
+
+/// A database of the selected backend that belongs to one test.
+pub struct TestDb {
+    conn: DatabaseConnection,
+    // Declared after `conn`, so the pool is dropped before the database is.
+    _pg: Option<pg::OwnedDatabase>,
+}
+
+impl TestDb {
+    /// A database with every migration applied.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or the migrations fail.
+    pub async fn migrated() -> anyhow::Result<TestDb> {
+        match Backend::from_env() {
+            Backend::Sqlite => {
+                let db = Self::sqlite().await?;
+                Migrator::up(&db.conn, None)
+                    .await
+                    .context("migrating in-memory SQLite")?;
+                Ok(db)
+            }
+            Backend::Postgres { admin_url } => {
+                let template = pg::template(&admin_url).await?;
+                let owned = pg::OwnedDatabase::create(&admin_url, Some(&template)).await?;
+                Self::postgres(owned).await
+            }
+        }
+    }
+
+    /// A database with no migration applied (for tests of the migrations themselves).
+    ///
+    /// # Errors
+    /// When the server cannot be reached.
+    pub async fn empty() -> anyhow::Result<TestDb> {
+        match Backend::from_env() {
+            Backend::Sqlite => Self::sqlite().await,
+            Backend::Postgres { admin_url } => {
+                let owned = pg::OwnedDatabase::create(&admin_url, None).await?;
+                Self::postgres(owned).await
+            }
+        }
+    }
+
+    /// Like [`TestDb::migrated`], but insists on PostgreSQL: for tests of PostgreSQL-only behaviour.
+    ///
+    /// # Panics
+    /// When `DATABASE_URL` does not name a PostgreSQL server, so such a test cannot pass without
+    /// running its assertions.
+    pub async fn postgres_only() -> anyhow::Result<TestDb> {
+        assert_eq!(
+            Backend::from_env().db_backend(),
+            DbBackend::Postgres,
+            "this test needs PostgreSQL: set DATABASE_URL=postgres://..."
+        );
+        Self::migrated().await
+    }
+
+    async fn sqlite() -> anyhow::Result<TestDb> {
+        // One connection: each connection to `sqlite::memory:` would open a database of its own.
+        let mut options = options("sqlite::memory:");
+        options.max_connections(1);
+        let conn = Database::connect(options)
+            .await
+            .context("opening in-memory SQLite")?;
+        Ok(TestDb { conn, _pg: None })
+    }
+
+    async fn postgres(owned: pg::OwnedDatabase) -> anyhow::Result<TestDb> {
+        let conn = Database::connect(options(owned.url()))
+            .await
+            .with_context(|| format!("connecting to test database {}", owned.name()))?;
+        Ok(TestDb {
+            conn,
+            _pg: Some(owned),
+        })
+    }
+
+    /// The connection pool of this test's database.
+    pub fn conn(&self) -> &DatabaseConnection {
+        &self.conn
+    }
+
+    /// The backend of this test's database.
+    pub fn backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    /// The URL of this test's database on PostgreSQL (`None` on in-memory SQLite, which only this
+    /// process's pool can reach).
+    pub fn url(&self) -> Option<&str> {
+        self._pg.as_ref().map(pg::OwnedDatabase::url)
+    }
+}

@@ -1,0 +1,256 @@
+//! PostgreSQL test databases: a template migrated once per process, a copy for every test, and a
+//! sweeper for what crashed runs leave behind.
+//!
+//! Names are `orkestra_<kind>_<host>_<pid>_<n>`: `kind` is `tpl`, `test` or `scratch`, `host` a
+//! hash of this machine's host name and `pid` the owning process. [`sweep`] drops the databases of
+//! this host whose process has exited, so nothing accumulates on a shared server, and never touches
+//! another machine's.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context as _, bail};
+use orkestra_migration::{Migrator, MigratorTrait};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use tokio::sync::OnceCell;
+
+use crate::options;
+
+static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// The URL with its password replaced by `***`, for messages.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The URL of database `name` on the server `admin_url` points at.
+///
+/// # Errors
+/// When `admin_url` is not a URL.
+pub fn url_for(admin_url: &str, name: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(admin_url)
+        .with_context(|| format!("DATABASE_URL is not a URL: {}", redact(admin_url)))?;
+    url.set_path(&format!("/{name}"));
+    Ok(url.to_string())
+}
+
+/// A short, stable tag for this machine, so that the sweeper only drops databases made here.
+fn host_tag() -> String {
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .find_map(|path| std::fs::read_to_string(path).ok())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default();
+    // FNV-1a: stable across builds and processes, unlike std's hasher.
+    let hash = host.trim().bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+        (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+    });
+    format!("{hash:08x}")
+}
+
+/// A fresh database name of the given kind, owned by process `pid`.
+pub fn database_name(kind: &str, pid: u32) -> String {
+    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    format!("orkestra_{kind}_{}_{pid}_{n}", host_tag())
+}
+
+/// Whether process `pid` of this machine is still running (`None` when this system cannot tell).
+fn process_alive(pid: u32) -> Option<bool> {
+    let proc = std::path::Path::new("/proc");
+    proc.join("self")
+        .exists()
+        .then(|| proc.join(pid.to_string()).exists())
+}
+
+/// Opens a one-connection pool on the administration database.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub async fn admin(admin_url: &str) -> anyhow::Result<DatabaseConnection> {
+    let mut options = options(admin_url);
+    options.max_connections(1);
+    Database::connect(options)
+        .await
+        .with_context(|| format!("connecting to PostgreSQL at {}", redact(admin_url)))
+}
+
+async fn execute(admin: &DatabaseConnection, sql: String) -> anyhow::Result<()> {
+    admin
+        .execute_raw(Statement::from_string(DbBackend::Postgres, sql.clone()))
+        .await
+        .with_context(|| format!("running `{sql}`"))?;
+    Ok(())
+}
+
+/// Creates database `name`, as a copy of `template` when one is given.
+///
+/// # Errors
+/// When the server refuses.
+pub async fn create_database(
+    admin: &DatabaseConnection,
+    name: &str,
+    template: Option<&str>,
+) -> anyhow::Result<()> {
+    let sql = match template {
+        Some(template) => format!(r#"CREATE DATABASE "{name}" TEMPLATE "{template}""#),
+        None => format!(r#"CREATE DATABASE "{name}""#),
+    };
+    execute(admin, sql).await
+}
+
+/// Drops database `name`, ending its sessions first (PostgreSQL 13 or later).
+///
+/// # Errors
+/// When the server refuses.
+pub async fn drop_database(admin: &DatabaseConnection, name: &str) -> anyhow::Result<()> {
+    execute(
+        admin,
+        format!(r#"DROP DATABASE IF EXISTS "{name}" WITH (FORCE)"#),
+    )
+    .await
+}
+
+/// Drops the databases of this host whose owning process has exited; returns their names.
+///
+/// A database still in use is left alone (the drop is not forced), so a sweep never breaks a run in
+/// progress, even one whose owner could not be told apart.
+///
+/// # Errors
+/// When the server cannot be queried.
+pub async fn sweep(admin: &DatabaseConnection) -> anyhow::Result<Vec<String>> {
+    let prefix = format!("orkestra_%_{}_%", host_tag());
+    let rows = admin
+        .query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT datname FROM pg_database WHERE datname LIKE $1 ORDER BY datname",
+            [prefix.into()],
+        ))
+        .await
+        .context("listing test databases")?;
+    let mut dropped = Vec::new();
+    for row in rows {
+        let name: String = row.try_get("", "datname")?;
+        let Some(pid) = name
+            .split('_')
+            .nth(3)
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if process_alive(pid) != Some(false) {
+            continue;
+        }
+        let sql = format!(r#"DROP DATABASE IF EXISTS "{name}""#);
+        if admin
+            .execute_raw(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .is_ok()
+        {
+            dropped.push(name);
+        }
+    }
+    Ok(dropped)
+}
+
+/// The name of this process's template database, migrated by the real `Migrator`; made by the
+/// first caller, after a [`sweep`].
+///
+/// # Errors
+/// When the server cannot be reached or the migrations fail.
+pub async fn template(admin_url: &str) -> anyhow::Result<String> {
+    TEMPLATE
+        .get_or_try_init(|| async {
+            let admin = admin(admin_url).await?;
+            sweep(&admin).await?;
+            let name = database_name("tpl", std::process::id());
+            create_database(&admin, &name, None).await?;
+            admin.close().await?;
+
+            let conn = Database::connect(options(&url_for(admin_url, &name)?)).await?;
+            Migrator::up(&conn, None)
+                .await
+                .with_context(|| format!("migrating the template database {name}"))?;
+            // CREATE DATABASE ... TEMPLATE refuses a template that has sessions open.
+            conn.close().await?;
+            Ok(name)
+        })
+        .await
+        .cloned()
+}
+
+/// A database that belongs to one test, dropped when this value is dropped.
+pub struct OwnedDatabase {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl OwnedDatabase {
+    /// Creates a database for this process, copied from `template` when given.
+    ///
+    /// # Errors
+    /// When the server refuses.
+    pub async fn create(admin_url: &str, template: Option<&str>) -> anyhow::Result<Self> {
+        let name = database_name("test", std::process::id());
+        let admin = admin(admin_url).await?;
+        create_database(&admin, &name, template).await?;
+        admin.close().await?;
+        Ok(OwnedDatabase {
+            admin_url: admin_url.to_owned(),
+            url: url_for(admin_url, &name)?,
+            name,
+        })
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The database's URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for OwnedDatabase {
+    fn drop(&mut self) {
+        let admin_url = self.admin_url.clone();
+        let name = self.name.clone();
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a runtime of its own.
+        let outcome = std::thread::spawn(move || -> anyhow::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let admin = admin(&admin_url).await?;
+                drop_database(&admin, &name).await?;
+                admin.close().await?;
+                Ok(())
+            })
+        })
+        .join();
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("could not drop test database {}: {error:#}", self.name),
+            Err(_) => eprintln!("dropping test database {} panicked", self.name),
+        }
+    }
+}
+
+/// Fails unless `url` names a PostgreSQL server.
+///
+/// # Errors
+/// When it does not.
+pub fn require_postgres(url: &str) -> anyhow::Result<()> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        bail!("expected a postgres:// URL, got {}", redact(url));
+    }
+    Ok(())
+}
