@@ -1,0 +1,93 @@
+# The developer's verbs. `just --list` shows them with their purpose.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+# The PostgreSQL server docker-compose.yml starts; override with DATABASE_URL.
+export DATABASE_URL := env("DATABASE_URL", "postgres://orkestra:orkestra@localhost:5432/orkestra")
+
+# The generator version and flags the committed entities were made with. Change them only together
+# with a regeneration (`just entities`).
+sea_orm_cli_version := "2.0.4"
+entity_flags := "--lib --with-serde both --date-time-crate chrono --entity-format compact"
+entity_dir := "entity/src/generated"
+
+# List the recipes
+default:
+    @just --list
+
+# Start PostgreSQL from docker-compose.yml and wait until it is healthy
+db-up:
+    docker compose up -d --wait
+
+# Stop PostgreSQL (the data volume stays)
+db-down:
+    docker compose down
+
+# Apply every pending migration to DATABASE_URL
+migrate:
+    sea-orm-cli migrate up
+
+# Regenerate the entities from a scratch database migrated from scratch (needs PostgreSQL)
+entities: (_generate entity_dir)
+
+# Fail, printing the difference, if the committed entities differ from what the generator makes
+check-entities:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=$(mktemp -d)
+    trap 'rm -rf "$out"' EXIT
+    just _generate "$out/generated"
+    if ! diff -ru --label committed --label regenerated {{entity_dir}} "$out/generated"; then
+        echo "error: {{entity_dir}} is stale; run 'just entities' and commit the result" >&2
+        exit 1
+    fi
+    echo "entities are up to date"
+
+# Run the whole suite on in-memory SQLite
+test *args:
+    env -u DATABASE_URL cargo test --workspace {{args}}
+
+# Run the whole suite on PostgreSQL (DATABASE_URL), PostgreSQL-only tests included
+test-pg *args:
+    cargo test --workspace {{args}}
+
+# Check formatting and lints (warnings are errors)
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# Everything CI runs (.ci/run): lint, both test runs, entity drift, migration CLI round trip
+ci:
+    bash .ci/run
+
+# Run the migration CLI against a scratch database: up, status, reset, up, fresh, refresh, down
+migrate-roundtrip:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    url=$(cargo run -q -p orkestra-tests --bin scratch-db -- create --pid $$)
+    trap 'cargo run -q -p orkestra-tests --bin scratch-db -- drop "$url"' EXIT
+    for verb in up status reset up fresh refresh down status; do
+        echo "== sea-orm-cli migrate $verb"
+        sea-orm-cli migrate "$verb" -u "$url"
+    done
+    cargo run -q -p orkestra-migration -- -u "$url" up
+
+# Drop the databases that exited test runs left on DATABASE_URL's server
+sweep:
+    cargo run -q -p orkestra-tests --bin scratch-db -- sweep
+
+[private]
+_generate out:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    version=$(sea-orm-cli --version | awk '{print $2}')
+    if [ "$version" != "{{sea_orm_cli_version}}" ]; then
+        echo "error: sea-orm-cli $version found; the entities are generated with {{sea_orm_cli_version}}:" >&2
+        echo "  cargo install sea-orm-cli@{{sea_orm_cli_version}} --locked" >&2
+        exit 1
+    fi
+    url=$(cargo run -q -p orkestra-tests --bin scratch-db -- create --pid $$)
+    trap 'cargo run -q -p orkestra-tests --bin scratch-db -- drop "$url"' EXIT
+    cargo run -q -p orkestra-migration -- -u "$url" up > /dev/null
+    rm -rf "{{out}}"
+    sea-orm-cli generate entity -u "$url" -o "{{out}}" {{entity_flags}} > /dev/null
