@@ -184,6 +184,11 @@ const INDEXES: &[(&str, &[&str], bool)] = &[
         false,
     ),
     (
+        "conversations_tenant_id_channel_external_id_key",
+        &["tenant_id", "channel", "external_id"],
+        true,
+    ),
+    (
         "conversations_tenant_id_external_id_idx",
         &["tenant_id", "external_id"],
         false,

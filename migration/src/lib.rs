@@ -21,6 +21,7 @@ mod m20261125_000002_create_users_and_groups;
 mod m20261125_000003_create_conversations;
 mod m20261125_000004_create_tasks;
 mod m20261125_000005_create_audit_events;
+mod m20261125_000006_conversation_external_key;
 
 /// The ordered list of Orkestra migrations.
 pub struct Migrator;
@@ -34,6 +35,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_create_conversations::Migration),
             Box::new(m20261125_000004_create_tasks::Migration),
             Box::new(m20261125_000005_create_audit_events::Migration),
+            Box::new(m20261125_000006_conversation_external_key::Migration),
         ]
     }
 }

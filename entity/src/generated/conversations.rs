@@ -9,11 +9,23 @@ use serde::{Deserialize, Serialize};
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,
-    #[sea_orm(primary_key, auto_increment = false)]
+    #[sea_orm(
+        primary_key,
+        auto_increment = false,
+        unique_key = "conversations_tenant_id_channel_external_id_key"
+    )]
     pub tenant_id: Uuid,
-    #[sea_orm(column_type = "Text", nullable)]
+    #[sea_orm(
+        column_type = "Text",
+        nullable,
+        unique_key = "conversations_tenant_id_channel_external_id_key"
+    )]
     pub external_id: Option<String>,
-    #[sea_orm(column_type = "Text", nullable)]
+    #[sea_orm(
+        column_type = "Text",
+        nullable,
+        unique_key = "conversations_tenant_id_channel_external_id_key"
+    )]
     pub channel: Option<String>,
     #[sea_orm(column_type = "JsonBinary")]
     pub participant: Json,

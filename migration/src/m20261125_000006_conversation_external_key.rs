@@ -1,0 +1,36 @@
+//! One conversation per (tenant, channel, external id), so that concurrent "get or create" calls for
+//! the same external conversation (a Slack thread, an email thread) end with one row.
+//!
+//! Rows whose channel or external id is `NULL` are not constrained (both backends treat `NULL`s
+//! as distinct), which is what conversations without an external identity need.
+
+use sea_orm_migration::prelude::*;
+
+use crate::common::tenant_unique;
+use crate::m20261125_000003_create_conversations::Conversations;
+
+#[derive(DeriveMigrationName)]
+pub struct Migration;
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .create_index(tenant_unique(
+                Conversations::Table,
+                &[Conversations::Channel, Conversations::ExternalId],
+            ))
+            .await
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .drop_index(
+                Index::drop()
+                    .name("conversations_tenant_id_channel_external_id_key")
+                    .table(Conversations::Table)
+                    .to_owned(),
+            )
+            .await
+    }
+}
