@@ -1,1 +1,46 @@
-//! Tenant-scoped repositories over the Orkestra schema (being built: see the README).
+//! Tenant-scoped repositories over the Orkestra schema: the crate Orkestra services import.
+//!
+//! - Every read and write of tenant-owned data takes a [`RequestContext`] and is confined to its
+//!   tenant ([`scope`] is the only way repository code reaches those tables, and clippy enforces
+//!   it); the database refuses cross-tenant references besides.
+//! - Every method works on a pool ([`sea_orm::DatabaseConnection`]) or inside a caller's
+//!   transaction ([`sea_orm::DatabaseTransaction`]); [`transaction`] runs several calls atomically,
+//!   and nests as savepoints.
+//! - Every task state change is one guarded `UPDATE ... WHERE status IN (...) RETURNING` plus its
+//!   `task_history` row, in one transaction: an illegal transition or a lost race writes nothing
+//!   and returns [`Error::InvalidTransition`] with the task's current status.
+//! - Every failure is one [`Error`]; each method's documentation lists the variants it returns.
+//!
+//! ```no_run
+//! use orkestra_repository::{Actor, DbConfig, NewTask, RequestContext, TaskRepository, connect};
+//! # async fn f(tenant_id: uuid::Uuid, user_id: uuid::Uuid) -> Result<(), Box<dyn std::error::Error>> {
+//! let db = connect(&DbConfig::new("sqlite://orkestra.db?mode=rwc").migrating()).await?;
+//! let ctx = RequestContext::new(tenant_id, Actor::user(user_id))?;
+//! let task = TaskRepository::new(&db)
+//!     .create(&ctx, NewTask::new("wf-1", "run-1", "Approve invoice", serde_json::json!({})))
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+pub mod connect;
+pub mod context;
+pub mod error;
+pub mod page;
+pub mod scope;
+pub mod tx;
+pub mod users;
+pub mod validate;
+
+pub use connect::{DbConfig, connect};
+pub use context::{Actor, ActorKind, RequestContext};
+pub use error::{Error, Result, TaskAction};
+pub use page::{Page, PageRequest, TimeCursor};
+pub use tx::transaction;
+pub use users::{NewUser, UserFilter, UserRepository, UserUpdate};
+
+/// The current time, truncated to microseconds: what PostgreSQL stores, so that a value written and
+/// read back compares equal on both backends.
+pub(crate) fn now() -> chrono::DateTime<chrono::FixedOffset> {
+    use chrono::SubsecRound;
+    chrono::Utc::now().trunc_subsecs(6).fixed_offset()
+}

@@ -1,0 +1,127 @@
+//! Opening the database: the one place pool settings live (the seed's `client.ts`).
+
+use std::time::Duration;
+
+use orkestra_migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::SqliteJournalMode;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+use crate::error::{Error, Result};
+
+/// How to open the database. [`DbConfig::new`] gives production defaults; change fields as needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbConfig {
+    /// `postgres://user:password@host:5432/db`, `sqlite://path/to/file.db?mode=rwc` or
+    /// `sqlite::memory:`.
+    pub url: String,
+    /// The most connections the pool opens (default 10; in-memory SQLite always uses 1).
+    pub max_connections: u32,
+    /// Connections kept open even when idle (default 1).
+    pub min_connections: u32,
+    /// How long a call waits for a free connection before failing with [`Error::Db`] (default 5 s).
+    pub acquire_timeout: Duration,
+    /// How long opening one connection may take (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long an idle connection stays open (default 10 min).
+    pub idle_timeout: Duration,
+    /// How long any connection lives before it is replaced (default 30 min), so that server-side
+    /// failovers and configuration changes reach every connection.
+    pub max_lifetime: Duration,
+    /// Statements slower than this are logged at `WARN` (default 1 s); all statements are logged
+    /// through `tracing` at `DEBUG`.
+    pub slow_statement: Duration,
+    /// Apply pending migrations after connecting (default `false`: operators migrate with
+    /// `sea-orm-cli migrate up`).
+    pub migrate: bool,
+}
+
+impl DbConfig {
+    /// Production defaults for `url` (see each field).
+    pub fn new(url: impl Into<String>) -> DbConfig {
+        DbConfig {
+            url: url.into(),
+            max_connections: 10,
+            min_connections: 1,
+            acquire_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(1800),
+            slow_statement: Duration::from_secs(1),
+            migrate: false,
+        }
+    }
+
+    /// The same configuration, migrating on connect.
+    pub fn migrating(mut self) -> DbConfig {
+        self.migrate = true;
+        self
+    }
+
+    fn is_sqlite_memory(&self) -> bool {
+        self.url.starts_with("sqlite::memory:") || self.url.contains("mode=memory")
+    }
+
+    fn options(&self) -> ConnectOptions {
+        let mut options = ConnectOptions::new(self.url.clone());
+        options
+            .max_connections(self.max_connections)
+            .min_connections(self.min_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .connect_timeout(self.connect_timeout)
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime)
+            .sqlx_logging(true)
+            .sqlx_logging_level(log::LevelFilter::Debug)
+            .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, self.slow_statement);
+        if self.is_sqlite_memory() {
+            // Each connection to an in-memory database opens a database of its own, and the
+            // database disappears with its last connection: one connection, kept for good.
+            options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
+        } else if self.url.starts_with("sqlite:") {
+            // WAL lets readers proceed while one writer writes; writers wait for each other
+            // instead of failing at once with "database is locked".
+            let busy = self.acquire_timeout;
+            options.map_sqlx_sqlite_opts(move |sqlite| {
+                sqlite
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .busy_timeout(busy)
+                    .foreign_keys(true)
+            });
+        }
+        options
+    }
+}
+
+/// Opens a pool with `config`'s settings, migrating first if it says so.
+///
+/// ```no_run
+/// # async fn f() -> orkestra_repository::Result<()> {
+/// use orkestra_repository::{DbConfig, connect};
+/// let db = connect(&DbConfig::new("postgres://orkestra:orkestra@localhost:5432/orkestra")).await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// [`Error::Validation`] (field `url`) when the URL names neither PostgreSQL nor SQLite;
+/// [`Error::Db`] when the database cannot be reached or a migration fails.
+pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection> {
+    let supported = ["postgres://", "postgresql://", "sqlite:"];
+    if !supported
+        .iter()
+        .any(|scheme| config.url.starts_with(scheme))
+    {
+        return Err(Error::validation(
+            "url",
+            "must start with postgres://, postgresql:// or sqlite:",
+        ));
+    }
+    let db = Database::connect(config.options()).await?;
+    if config.migrate {
+        Migrator::up(&db, None).await?;
+    }
+    Ok(db)
+}

@@ -1,0 +1,203 @@
+//! The one error type of the repositories.
+
+use orkestra_entity::sea_orm_active_enums::TaskStatus;
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
+use uuid::Uuid;
+
+/// A task operation, named in [`Error::InvalidTransition`] and [`Error::Forbidden`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TaskAction {
+    /// Assign or reassign to a user and/or a group.
+    Assign,
+    /// Claim (start working on) the task.
+    Claim,
+    /// Give a claim back.
+    Release,
+    /// Complete with form data.
+    Complete,
+    /// Escalate.
+    Escalate,
+    /// Mark as expired (SLA passed).
+    Expire,
+    /// Cancel.
+    Cancel,
+}
+
+impl TaskAction {
+    /// The verb as recorded in `task_history.action` (`assigned`, `claimed`, ...).
+    pub fn history_label(self) -> &'static str {
+        match self {
+            TaskAction::Assign => "assigned",
+            TaskAction::Claim => "claimed",
+            TaskAction::Release => "released",
+            TaskAction::Complete => "completed",
+            TaskAction::Escalate => "escalated",
+            TaskAction::Expire => "expired",
+            TaskAction::Cancel => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verb = match self {
+            TaskAction::Assign => "assign",
+            TaskAction::Claim => "claim",
+            TaskAction::Release => "release",
+            TaskAction::Complete => "complete",
+            TaskAction::Escalate => "escalate",
+            TaskAction::Expire => "expire",
+            TaskAction::Cancel => "cancel",
+        };
+        f.write_str(verb)
+    }
+}
+
+/// Everything a repository call can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// No row of this kind with this id exists in the context's tenant (rows of other tenants are
+    /// indistinguishable from missing ones).
+    #[error("{entity} {id} not found")]
+    NotFound {
+        /// The kind of row (`"task"`, `"user"`, ...).
+        entity: &'static str,
+        /// The id (or slug, email, external id) looked up.
+        id: String,
+    },
+    /// A unique constraint refused the write.
+    #[error("conflict: the value must be unique ({constraint})")]
+    Conflict {
+        /// The constraint that refused it, such as `users_tenant_id_email_key`.
+        constraint: String,
+    },
+    /// A foreign key refused the write: the row it references does not exist in this tenant
+    /// (it belongs to another tenant, or to none), or a row still references the one deleted.
+    #[error("reference refused: {constraint}")]
+    Reference {
+        /// The foreign key that refused it, such as `tasks_tenant_id_assigned_user_id_fkey`.
+        constraint: String,
+    },
+    /// The task is not in a state that allows the action (including after losing a race).
+    #[error("cannot {action} task {task_id}: it is {current}")]
+    InvalidTransition {
+        /// The task.
+        task_id: Uuid,
+        /// Its status when the action was refused.
+        current: TaskStatus,
+        /// What was attempted.
+        action: TaskAction,
+    },
+    /// A tenant or conversation is not in a state that allows the action (a deleted tenant cannot be
+    /// suspended; a closed conversation takes no messages).
+    #[error("cannot {action} {entity} {id}: it is {state}")]
+    InvalidState {
+        /// The kind of row (`"tenant"`, `"conversation"`).
+        entity: &'static str,
+        /// Its id.
+        id: String,
+        /// Its status when the action was refused.
+        state: String,
+        /// What was attempted (`"suspend"`, `"append a message to"`, ...).
+        action: &'static str,
+    },
+    /// The task is in a state that allows the action, but not by this user.
+    #[error("cannot {action} task {task_id}: {reason}")]
+    Forbidden {
+        /// The task.
+        task_id: Uuid,
+        /// What was attempted.
+        action: TaskAction,
+        /// Why not (for example, "the user is neither the assignee nor a member of the group").
+        reason: String,
+    },
+    /// An argument was refused before anything was written.
+    #[error("invalid {field}: {reason}")]
+    Validation {
+        /// The argument or field (`"email"`, `"form_schema"`, ...).
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Any other database failure (connection lost, pool timeout, ...).
+    #[error("database error: {0}")]
+    Db(#[source] DbErr),
+}
+
+/// The constraint of an error whose constraint neither the driver nor the call site could name.
+const UNNAMED: &str = "unnamed constraint";
+
+/// The result type of the repositories.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// A validation error for `field`.
+    pub fn validation(field: &'static str, reason: impl Into<String>) -> Error {
+        Error::Validation {
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// A not-found error.
+    pub fn not_found(entity: &'static str, id: impl ToString) -> Error {
+        Error::NotFound {
+            entity,
+            id: id.to_string(),
+        }
+    }
+
+    /// Classifies a database error, naming the constraint the driver reports.
+    ///
+    /// SQLite does not report constraint names; `constraint` is what the call site knows it can
+    /// violate, used when the driver is silent.
+    pub(crate) fn from_db_with(error: DbErr, constraint: Option<&str>) -> Error {
+        let Some(kind) = error.sql_err() else {
+            return Error::Db(error);
+        };
+        let constraint = driver_constraint(&error)
+            .or_else(|| constraint.map(str::to_owned))
+            .unwrap_or_else(|| UNNAMED.to_owned());
+        match kind {
+            SqlErr::UniqueConstraintViolation(_) => Error::Conflict { constraint },
+            SqlErr::ForeignKeyConstraintViolation(_) => Error::Reference { constraint },
+            _ => Error::Db(error),
+        }
+    }
+
+    /// Whether this is a refusal by a foreign key whose name the driver did not report.
+    pub(crate) fn is_unnamed_reference(&self) -> bool {
+        matches!(self, Error::Reference { constraint } if constraint == UNNAMED)
+    }
+}
+
+/// The constraint name the driver reports (PostgreSQL does; SQLite does not).
+fn driver_constraint(error: &DbErr) -> Option<String> {
+    match error {
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e
+            .as_database_error()
+            .and_then(|e| e.constraint())
+            .map(str::to_owned),
+        _ => None,
+    }
+}
+
+impl From<DbErr> for Error {
+    fn from(error: DbErr) -> Error {
+        Error::from_db_with(error, None)
+    }
+}
+
+/// Adds the constraint a call site can violate to a database result (used where the driver does not
+/// name constraints).
+pub(crate) trait DbResultExt<T> {
+    /// Maps the error, naming `constraint` when the driver does not.
+    fn or_constraint(self, constraint: &str) -> Result<T>;
+}
+
+impl<T> DbResultExt<T> for std::result::Result<T, DbErr> {
+    fn or_constraint(self, constraint: &str) -> Result<T> {
+        self.map_err(|error| Error::from_db_with(error, Some(constraint)))
+    }
+}

@@ -1,0 +1,255 @@
+//! Users of a tenant.
+
+use orkestra_entity::{
+    sea_orm_active_enums::{UserRole, UserStatus},
+    users,
+};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, sea_query::Expr,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::context::RequestContext;
+use crate::error::{Error, Result};
+use crate::page::{Page, PageRequest};
+use crate::{now, scope, validate};
+
+/// The unique constraint a duplicate email violates.
+pub const EMAIL_KEY: &str = "users_tenant_id_email_key";
+/// The foreign key a user of a missing tenant violates.
+const TENANT_FKEY: &str = "users_tenant_id_fkey";
+
+/// A user to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUser {
+    /// The email, unique in the tenant; trimmed and lower-cased before it is stored.
+    pub email: String,
+    /// The display name.
+    pub name: String,
+    /// The role (default `MEMBER`).
+    pub role: Option<UserRole>,
+    /// Preferences, a JSON object (default `{}`).
+    pub preferences: Option<Value>,
+}
+
+impl NewUser {
+    /// A member with the given email and name and no preferences.
+    pub fn new(email: impl Into<String>, name: impl Into<String>) -> NewUser {
+        NewUser {
+            email: email.into(),
+            name: name.into(),
+            role: None,
+            preferences: None,
+        }
+    }
+}
+
+/// Changes to a user; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserUpdate {
+    /// A new display name.
+    pub name: Option<String>,
+    /// A new role.
+    pub role: Option<UserRole>,
+    /// New preferences (a JSON object; replaces the old ones).
+    pub preferences: Option<Value>,
+}
+
+/// Which users [`UserRepository::list`] returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserFilter {
+    /// Only users with this role.
+    pub role: Option<UserRole>,
+    /// Only users with this status.
+    pub status: Option<UserStatus>,
+}
+
+/// The users of the context's tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct UserRepository<'a, C> {
+    db: &'a C,
+}
+
+impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
+    /// A repository on `db`, a pool or a transaction.
+    pub fn new(db: &'a C) -> Self {
+        UserRepository { db }
+    }
+
+    /// Creates a user in the context's tenant.
+    ///
+    /// # Errors
+    /// - [`Error::Validation`]: empty, over-long or NUL-holding email or name, malformed email,
+    ///   preferences that are not a JSON object;
+    /// - [`Error::Conflict`] ([`EMAIL_KEY`]): the tenant already has a user with this email;
+    /// - [`Error::Reference`]: the context's tenant does not exist;
+    /// - [`Error::Db`].
+    pub async fn create(&self, ctx: &RequestContext, user: NewUser) -> Result<users::Model> {
+        let email = validate::email(&user.email)?;
+        let name = validate::text("name", &user.name, validate::NAME_MAX)?;
+        let preferences = user.preferences.unwrap_or_else(|| serde_json::json!({}));
+        validate::json_object("preferences", &preferences)?;
+        users::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            tenant_id: Set(ctx.tenant_id()),
+            email: Set(email),
+            name: Set(name),
+            role: Set(user.role.unwrap_or(UserRole::Member)),
+            preferences: Set(preferences),
+            status: Set(UserStatus::Active),
+            created_at: Set(now()),
+            last_active_at: Set(None),
+        }
+        .insert(self.db)
+        .await
+        .map_err(|error| match Error::from_db_with(error, Some(EMAIL_KEY)) {
+            // SQLite names no constraint; a foreign-key refusal here can only be the tenant's.
+            Error::Reference { .. } => Error::Reference {
+                constraint: TENANT_FKEY.to_owned(),
+            },
+            other => other,
+        })
+    }
+
+    /// The user with this id in the context's tenant, if any.
+    ///
+    /// # Errors
+    /// [`Error::Db`].
+    pub async fn find_by_id(&self, ctx: &RequestContext, id: Uuid) -> Result<Option<users::Model>> {
+        Ok(scope::find::<users::Entity>(ctx)
+            .filter(users::Column::Id.eq(id))
+            .one(self.db)
+            .await?)
+    }
+
+    /// The user with this email (compared trimmed and lower-cased) in the context's tenant, if any.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for an email that could not have been stored; [`Error::Db`].
+    pub async fn find_by_email(
+        &self,
+        ctx: &RequestContext,
+        email: &str,
+    ) -> Result<Option<users::Model>> {
+        let email = validate::email(email)?;
+        Ok(scope::find::<users::Entity>(ctx)
+            .filter(users::Column::Email.eq(email))
+            .one(self.db)
+            .await?)
+    }
+
+    /// A page of the tenant's users matching `filter`, in creation order (ids are UUIDv7).
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    pub async fn list(
+        &self,
+        ctx: &RequestContext,
+        filter: &UserFilter,
+        page: &PageRequest<Uuid>,
+    ) -> Result<Page<users::Model, Uuid>> {
+        let mut query = scope::find::<users::Entity>(ctx);
+        if let Some(role) = &filter.role {
+            query = query.filter(users::Column::Role.eq(role.clone()));
+        }
+        if let Some(status) = &filter.status {
+            query = query.filter(users::Column::Status.eq(status.clone()));
+        }
+        if let Some(after) = page.after {
+            query = query.filter(users::Column::Id.gt(after));
+        }
+        let rows = query
+            .order_by_asc(users::Column::Id)
+            .limit(page.fetch()?)
+            .all(self.db)
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, |user| user.id))
+    }
+
+    /// Changes a user's name, role and/or preferences; returns the user as stored.
+    ///
+    /// # Errors
+    /// - [`Error::Validation`]: an invalid name or preferences, or no change given;
+    /// - [`Error::NotFound`]: no such user in the tenant;
+    /// - [`Error::Db`].
+    pub async fn update(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        update: UserUpdate,
+    ) -> Result<users::Model> {
+        let mut statement = scope::update_many::<users::Entity>(ctx);
+        let mut changed = false;
+        if let Some(name) = &update.name {
+            let name = validate::text("name", name, validate::NAME_MAX)?;
+            statement = statement.col_expr(users::Column::Name, Expr::value(name));
+            changed = true;
+        }
+        if let Some(role) = update.role {
+            statement = statement.col_expr(users::Column::Role, Expr::value(role));
+            changed = true;
+        }
+        if let Some(preferences) = update.preferences {
+            validate::json_object("preferences", &preferences)?;
+            statement = statement.col_expr(users::Column::Preferences, Expr::value(preferences));
+            changed = true;
+        }
+        if !changed {
+            return Err(Error::validation("update", "names no field to change"));
+        }
+        self.write(statement, id).await
+    }
+
+    /// Marks a user inactive (they keep their history; assigners skip them). Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]: no such user in the tenant; [`Error::Db`].
+    pub async fn deactivate(&self, ctx: &RequestContext, id: Uuid) -> Result<users::Model> {
+        self.set_status(ctx, id, UserStatus::Inactive).await
+    }
+
+    /// Marks a user active again. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]: no such user in the tenant; [`Error::Db`].
+    pub async fn activate(&self, ctx: &RequestContext, id: Uuid) -> Result<users::Model> {
+        self.set_status(ctx, id, UserStatus::Active).await
+    }
+
+    /// Records that the user was active now (`last_active_at`).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]: no such user in the tenant; [`Error::Db`].
+    pub async fn record_activity(&self, ctx: &RequestContext, id: Uuid) -> Result<users::Model> {
+        let statement = scope::update_many::<users::Entity>(ctx)
+            .col_expr(users::Column::LastActiveAt, Expr::value(now()));
+        self.write(statement, id).await
+    }
+
+    async fn set_status(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        status: UserStatus,
+    ) -> Result<users::Model> {
+        let statement = scope::update_many::<users::Entity>(ctx)
+            .col_expr(users::Column::Status, Expr::value(status));
+        self.write(statement, id).await
+    }
+
+    /// Runs a scoped update of one user and returns the row, or [`Error::NotFound`].
+    async fn write(
+        &self,
+        statement: sea_orm::UpdateMany<users::Entity>,
+        id: Uuid,
+    ) -> Result<users::Model> {
+        statement
+            .filter(users::Column::Id.eq(id))
+            .exec_with_returning(self.db)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::not_found("user", id))
+    }
+}

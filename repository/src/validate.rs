@@ -1,0 +1,236 @@
+//! Checks applied to every argument before anything is written, and the limits they enforce.
+//!
+//! Text is refused when it is empty or blank (where a value is required), longer than its limit (in
+//! characters), or holds a NUL byte (PostgreSQL cannot store one in `text`). JSON is refused when it
+//! nests deeper than [`JSON_DEPTH_MAX`], serialises to more than [`JSON_BYTES_MAX`] bytes, or holds
+//! a NUL character in a key or string (PostgreSQL's `jsonb` cannot store `\u0000`).
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Names: tenants, users, groups, actors.
+pub const NAME_MAX: usize = 200;
+/// Slugs of tenants and groups: lower-case letters, digits and single hyphens.
+pub const SLUG_MAX: usize = 63;
+/// Emails (RFC 5321's limit on a path).
+pub const EMAIL_MAX: usize = 254;
+/// Task titles.
+pub const TITLE_MAX: usize = 500;
+/// Task and group descriptions.
+pub const DESCRIPTION_MAX: usize = 10_000;
+/// External ids: workflow and run ids, actor and resource ids, conversation external ids.
+pub const ID_MAX: usize = 255;
+/// Short labels: channels, message roles, history actions, event and resource types.
+pub const LABEL_MAX: usize = 100;
+/// Trace and span ids.
+pub const TRACE_MAX: usize = 128;
+/// Message contents.
+pub const CONTENT_MAX: usize = 100_000;
+/// How deeply a JSON document may nest.
+pub const JSON_DEPTH_MAX: usize = 32;
+/// How large a JSON document may be, serialised.
+pub const JSON_BYTES_MAX: usize = 256 * 1024;
+/// The largest page a list method returns.
+pub const PAGE_MAX: u64 = 500;
+
+/// A required text: trimmed, non-empty, at most `max` characters, no NUL byte.
+pub(crate) fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(Error::validation(field, "must not be empty"));
+    }
+    bounded(field, value, max)
+}
+
+/// An optional text: `None` stays `None`; a value is checked as [`text`].
+pub(crate) fn optional_text(
+    field: &'static str,
+    value: Option<&str>,
+    max: usize,
+) -> Result<Option<String>> {
+    value.map(|value| text(field, value, max)).transpose()
+}
+
+/// Text stored exactly as given (message contents): non-empty, at most `max` characters, no NUL.
+pub(crate) fn verbatim(field: &'static str, value: &str, max: usize) -> Result<String> {
+    if value.trim().is_empty() {
+        return Err(Error::validation(field, "must not be empty"));
+    }
+    bounded(field, value, max)
+}
+
+fn bounded(field: &'static str, value: &str, max: usize) -> Result<String> {
+    if value.contains('\0') {
+        return Err(Error::validation(field, "must not contain a NUL byte"));
+    }
+    let length = value.chars().count();
+    if length > max {
+        return Err(Error::validation(
+            field,
+            format!("is {length} characters long; the limit is {max}"),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+/// A slug: 1 to 63 of `a-z`, `0-9` and `-`, not starting or ending with `-`, no `--`.
+pub(crate) fn slug(field: &'static str, value: &str) -> Result<String> {
+    let value = text(field, value, SLUG_MAX)?;
+    let well_formed = value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-')
+        && !value.contains("--");
+    if !well_formed {
+        return Err(Error::validation(
+            field,
+            "must be lower-case letters, digits and single hyphens, not starting or ending with one",
+        ));
+    }
+    Ok(value)
+}
+
+/// An email address, trimmed and lower-cased: one `@` with text on both sides, a dot in the domain,
+/// no whitespace or control characters.
+pub(crate) fn email(value: &str) -> Result<String> {
+    let value = text("email", value, EMAIL_MAX)?.to_lowercase();
+    let shaped = match value.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        }
+        None => false,
+    };
+    if !shaped || value.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(Error::validation(
+            "email",
+            "must look like name@example.com",
+        ));
+    }
+    Ok(value)
+}
+
+/// Any JSON value within the depth, size and NUL limits.
+pub(crate) fn json(field: &'static str, value: &Value) -> Result<()> {
+    check_json(field, value, 1)?;
+    let size = serde_json::to_vec(value)
+        .map_err(|e| Error::validation(field, format!("cannot be serialised: {e}")))?
+        .len();
+    if size > JSON_BYTES_MAX {
+        return Err(Error::validation(
+            field,
+            format!("is {size} bytes; the limit is {JSON_BYTES_MAX}"),
+        ));
+    }
+    Ok(())
+}
+
+/// A JSON object (form schemas, form data, configs, preferences) within the JSON limits.
+pub(crate) fn json_object(field: &'static str, value: &Value) -> Result<()> {
+    if !value.is_object() {
+        return Err(Error::validation(field, "must be a JSON object"));
+    }
+    json(field, value)
+}
+
+fn check_json(field: &'static str, value: &Value, depth: usize) -> Result<()> {
+    if depth > JSON_DEPTH_MAX {
+        return Err(Error::validation(
+            field,
+            format!("nests deeper than {JSON_DEPTH_MAX} levels"),
+        ));
+    }
+    let nul = || Error::validation(field, "must not contain a NUL character (\\u0000)");
+    match value {
+        Value::String(s) if s.contains('\0') => Err(nul()),
+        Value::Array(items) => items
+            .iter()
+            .try_for_each(|item| check_json(field, item, depth + 1)),
+        Value::Object(map) => map.iter().try_for_each(|(key, item)| {
+            if key.contains('\0') {
+                return Err(nul());
+            }
+            check_json(field, item, depth + 1)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// A page size: 1 to [`PAGE_MAX`].
+pub(crate) fn limit(limit: u64) -> Result<u64> {
+    if limit == 0 || limit > PAGE_MAX {
+        return Err(Error::validation(
+            "limit",
+            format!("must be between 1 and {PAGE_MAX}"),
+        ));
+    }
+    Ok(limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn text_is_trimmed_and_bounded() {
+        assert_eq!(text("name", "  Ada  ", 10).ok().as_deref(), Some("Ada"));
+        assert!(text("name", "   ", 10).is_err());
+        assert!(text("name", "a\0b", 10).is_err());
+        assert!(text("name", &"é".repeat(10), 10).is_ok());
+        assert!(text("name", &"é".repeat(11), 10).is_err());
+    }
+
+    #[test]
+    fn slugs_are_lower_kebab_case() {
+        for good in ["acme", "acme-2", "a", "0-9"] {
+            assert!(slug("slug", good).is_ok(), "{good}");
+        }
+        for bad in [
+            "Acme", "-acme", "acme-", "ac--me", "ac me", "acmé", "a_b", "",
+        ] {
+            assert!(slug("slug", bad).is_err(), "{bad}");
+        }
+        assert!(slug("slug", &"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn emails_are_lower_cased_and_shaped() {
+        assert_eq!(
+            email("  Ada@Example.COM ").ok().as_deref(),
+            Some("ada@example.com")
+        );
+        for bad in [
+            "ada",
+            "@example.com",
+            "ada@",
+            "ada@example",
+            "a b@example.com",
+            "a@b@c.com",
+        ] {
+            assert!(email(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn json_limits_hold() {
+        assert!(json_object("form", &json!({"a": [1, 2]})).is_ok());
+        assert!(json_object("form", &json!([1])).is_err());
+        assert!(json_object("form", &json!({"a": "x\u{0}y"})).is_err());
+        assert!(json_object("form", &json!({"a\u{0}": 1})).is_err());
+        let mut deep = json!(1);
+        for _ in 0..JSON_DEPTH_MAX {
+            deep = json!([deep]);
+        }
+        assert!(json("deep", &deep).is_err());
+        let big = json!({"a": "x".repeat(JSON_BYTES_MAX)});
+        assert!(json("big", &big).is_err());
+    }
+}
