@@ -42,6 +42,15 @@ impl std::fmt::Display for TaskStatus {
 }
 
 impl TenantStatus {
+    /// The label stored in the database (`"ACTIVE"`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TenantStatus::Active => "ACTIVE",
+            TenantStatus::Suspended => "SUSPENDED",
+            TenantStatus::Deleted => "DELETED",
+        }
+    }
+
     /// Whether the tenant may use the platform (only `ACTIVE` tenants may).
     pub fn is_active(&self) -> bool {
         *self == TenantStatus::Active
@@ -56,6 +65,15 @@ impl UserStatus {
 }
 
 impl ConversationStatus {
+    /// The label stored in the database (`"ACTIVE"`, ...).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ConversationStatus::Active => "ACTIVE",
+            ConversationStatus::Closed => "CLOSED",
+            ConversationStatus::Archived => "ARCHIVED",
+        }
+    }
+
     /// Whether messages may still be appended.
     pub fn is_active(&self) -> bool {
         *self == ConversationStatus::Active

@@ -25,8 +25,11 @@
 pub mod connect;
 pub mod context;
 pub mod error;
+pub mod groups;
 pub mod page;
 pub mod scope;
+pub mod tasks;
+pub mod tenants;
 pub mod tx;
 pub mod users;
 pub mod validate;
@@ -34,7 +37,10 @@ pub mod validate;
 pub use connect::{DbConfig, connect};
 pub use context::{Actor, ActorKind, RequestContext};
 pub use error::{Error, Result, TaskAction};
+pub use groups::{GroupRepository, GroupUpdate, MemberWorkload, NewGroup};
 pub use page::{Page, PageRequest, TimeCursor};
+pub use tasks::{AssignTo, InboxCursor, NewTask, OverdueCursor, Sla, TaskRepository};
+pub use tenants::{NewTenant, TenantRepository, TenantUpdate};
 pub use tx::transaction;
 pub use users::{NewUser, UserFilter, UserRepository, UserUpdate};
 

@@ -1,0 +1,884 @@
+//! Tasks and their lifecycle.
+//!
+//! ```text
+//!             assign                claim                complete
+//!  CREATED ──────────▶ ASSIGNED ──────────▶ CLAIMED ──────────▶ COMPLETED
+//!     │                 ▲  │  ▲    release    │
+//!     │                 │  │  └───────────────┘
+//!     │   assign        │  │ complete (direct assignee, no claim needed)
+//!     │  ┌──────────────┘  └──────────────────────────────────▶ COMPLETED
+//!     │  │
+//!     └──┴──▶ ESCALATED (escalate, from any open state; claimable again)
+//!  any open state ──▶ EXPIRED (expire) | CANCELLED (cancel)
+//! ```
+//!
+//! Open states are CREATED, ASSIGNED, CLAIMED and ESCALATED; COMPLETED, EXPIRED and CANCELLED are
+//! final. Every change is one guarded `UPDATE tasks ... WHERE tenant_id = $1 AND id = $2 AND status
+//! IN (...) [AND <who may>] RETURNING *` and its `task_history` row, in one transaction (a
+//! savepoint inside a caller's). A change the state or the user does not allow, including one that
+//! lost a race to a concurrent change, matches no row, writes nothing and returns
+//! [`Error::InvalidTransition`] with the task's current status (or [`Error::Forbidden`] when only
+//! the user was wrong).
+
+use chrono::{DateTime, FixedOffset};
+use orkestra_entity::{conversations, groups};
+use orkestra_entity::{
+    group_members, sea_orm_active_enums::TaskStatus, task_history, tasks, users,
+};
+use sea_orm::{
+    ActiveModelTrait,
+    ActiveValue::Set,
+    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, Order, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionSession, TransactionTrait,
+    UpdateMany,
+    sea_query::{Expr, ExprTrait, NullOrdering},
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::context::RequestContext;
+use crate::error::{Error, Result, TaskAction};
+use crate::page::{Page, PageRequest};
+use crate::{now, scope, validate};
+
+/// The foreign key a task naming a user outside the tenant as assignee violates.
+pub const ASSIGNEE_FKEY: &str = "tasks_tenant_id_assigned_user_id_fkey";
+/// The foreign key a task naming a group outside the tenant violates.
+pub const GROUP_FKEY: &str = "tasks_tenant_id_assigned_group_id_fkey";
+/// The foreign key a task naming a conversation outside the tenant violates.
+pub const CONVERSATION_FKEY: &str = "tasks_tenant_id_conversation_id_fkey";
+/// The foreign key a task of a tenant that does not exist violates.
+pub const TENANT_FKEY: &str = "tasks_tenant_id_fkey";
+
+/// Who a task is assigned to: a user, a group, or both (a group task with a preferred member).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignTo {
+    /// The user, who alone may claim it (besides members of the group, if one is named too).
+    pub user_id: Option<Uuid>,
+    /// The group, any member of which may claim it.
+    pub group_id: Option<Uuid>,
+}
+
+impl AssignTo {
+    /// Assigned to one user.
+    pub fn user(user_id: Uuid) -> AssignTo {
+        AssignTo {
+            user_id: Some(user_id),
+            group_id: None,
+        }
+    }
+
+    /// Assigned to a group.
+    pub fn group(group_id: Uuid) -> AssignTo {
+        AssignTo {
+            user_id: None,
+            group_id: Some(group_id),
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if self.user_id.is_none() && self.group_id.is_none() {
+            return Err(Error::validation(
+                "assign_to",
+                "names neither a user nor a group",
+            ));
+        }
+        Ok(())
+    }
+
+    fn details(&self) -> Value {
+        json!({ "user_id": self.user_id, "group_id": self.group_id })
+    }
+}
+
+/// A task's service-level agreement.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sla {
+    /// When the task must be done by.
+    pub deadline: DateTime<FixedOffset>,
+    /// How to enforce it (reminders, escalation targets, ...), a JSON object.
+    pub config: Value,
+}
+
+/// A task to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    /// The workflow that creates it.
+    pub workflow_id: String,
+    /// The run of that workflow.
+    pub workflow_run_id: String,
+    /// What to do.
+    pub title: String,
+    /// More about it.
+    pub description: Option<String>,
+    /// The form to fill in, a JSON object (a JSON Schema, typically).
+    pub form_schema: Value,
+    /// Who it is for; `None` creates it unassigned (`CREATED`), otherwise it starts `ASSIGNED`.
+    pub assign_to: Option<AssignTo>,
+    /// Workflow context shown with it, a JSON object (default `{}`).
+    pub context: Option<Value>,
+    /// The conversation it belongs to.
+    pub conversation_id: Option<Uuid>,
+    /// Its deadline and SLA configuration.
+    pub sla: Option<Sla>,
+}
+
+impl NewTask {
+    /// An unassigned task with no description, context, conversation or SLA.
+    pub fn new(
+        workflow_id: impl Into<String>,
+        workflow_run_id: impl Into<String>,
+        title: impl Into<String>,
+        form_schema: Value,
+    ) -> NewTask {
+        NewTask {
+            workflow_id: workflow_id.into(),
+            workflow_run_id: workflow_run_id.into(),
+            title: title.into(),
+            description: None,
+            form_schema,
+            assign_to: None,
+            context: None,
+            conversation_id: None,
+            sla: None,
+        }
+    }
+
+    /// The same task, assigned.
+    pub fn assigned_to(mut self, assign_to: AssignTo) -> NewTask {
+        self.assign_to = Some(assign_to);
+        self
+    }
+
+    /// The same task, with a deadline.
+    pub fn with_sla(mut self, deadline: DateTime<FixedOffset>, config: Value) -> NewTask {
+        self.sla = Some(Sla { deadline, config });
+        self
+    }
+
+    /// The same task, in a conversation.
+    pub fn in_conversation(mut self, conversation_id: Uuid) -> NewTask {
+        self.conversation_id = Some(conversation_id);
+        self
+    }
+}
+
+/// The position of a task in a user's inbox: `(sla_deadline NULLS LAST, created_at, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxCursor {
+    /// The task's deadline (`None` sorts after every deadline).
+    pub sla_deadline: Option<DateTime<FixedOffset>>,
+    /// The task's creation time.
+    pub created_at: DateTime<FixedOffset>,
+    /// The task's id.
+    pub id: Uuid,
+}
+
+impl InboxCursor {
+    fn of(task: &tasks::Model) -> InboxCursor {
+        InboxCursor {
+            sla_deadline: task.sla_deadline,
+            created_at: task.created_at,
+            id: task.id,
+        }
+    }
+}
+
+/// The position of a task in the overdue list: `(sla_deadline, id)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverdueCursor {
+    /// The task's deadline.
+    pub sla_deadline: DateTime<FixedOffset>,
+    /// The task's id.
+    pub id: Uuid,
+}
+
+/// The statuses in which a task waits to be claimed: what an inbox shows.
+pub const PENDING: [TaskStatus; 3] = [
+    TaskStatus::Created,
+    TaskStatus::Assigned,
+    TaskStatus::Escalated,
+];
+const ASSIGNABLE: [TaskStatus; 3] = PENDING;
+const CLAIMABLE: [TaskStatus; 2] = [TaskStatus::Assigned, TaskStatus::Escalated];
+
+/// The tasks of the context's tenant.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskRepository<'a, C> {
+    db: &'a C,
+}
+
+impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
+    /// A repository on `db`, a pool or a transaction.
+    pub fn new(db: &'a C) -> Self {
+        TaskRepository { db }
+    }
+
+    /// Creates a task (`ASSIGNED` when given a user or group, else `CREATED`) and its `created`
+    /// history row, in one transaction.
+    ///
+    /// # Errors
+    /// - [`Error::Validation`]: empty, over-long or NUL-holding text; a form schema, context or SLA
+    ///   config that is not a JSON object; an assignment naming nobody;
+    /// - [`Error::Reference`] ([`ASSIGNEE_FKEY`], [`GROUP_FKEY`], [`CONVERSATION_FKEY`],
+    ///   [`TENANT_FKEY`]): the assignee, group or conversation is not the tenant's (or the tenant
+    ///   does not exist);
+    /// - [`Error::Db`].
+    pub async fn create(&self, ctx: &RequestContext, task: NewTask) -> Result<tasks::Model> {
+        let workflow_id = validate::text("workflow_id", &task.workflow_id, validate::ID_MAX)?;
+        let workflow_run_id =
+            validate::text("workflow_run_id", &task.workflow_run_id, validate::ID_MAX)?;
+        let title = validate::text("title", &task.title, validate::TITLE_MAX)?;
+        let description = validate::optional_text(
+            "description",
+            task.description.as_deref(),
+            validate::DESCRIPTION_MAX,
+        )?;
+        validate::json_object("form_schema", &task.form_schema)?;
+        let context = task.context.unwrap_or_else(|| json!({}));
+        validate::json_object("context", &context)?;
+        if let Some(assign_to) = &task.assign_to {
+            assign_to.validate()?;
+        }
+        if let Some(sla) = &task.sla {
+            validate::json_object("sla.config", &sla.config)?;
+        }
+        let assign_to = task.assign_to.unwrap_or(AssignTo {
+            user_id: None,
+            group_id: None,
+        });
+        let status = if task.assign_to.is_some() {
+            TaskStatus::Assigned
+        } else {
+            TaskStatus::Created
+        };
+        let at = now();
+        let model = tasks::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            tenant_id: Set(ctx.tenant_id()),
+            workflow_id: Set(workflow_id),
+            workflow_run_id: Set(workflow_run_id),
+            title: Set(title),
+            description: Set(description),
+            form_schema: Set(task.form_schema),
+            form_data: Set(None),
+            assigned_user_id: Set(assign_to.user_id),
+            assigned_group_id: Set(assign_to.group_id),
+            claimed_by: Set(None),
+            context: Set(context),
+            conversation_id: Set(task.conversation_id),
+            sla_deadline: Set(task.sla.as_ref().map(|sla| sla.deadline)),
+            sla_config: Set(task.sla.map(|sla| sla.config)),
+            status: Set(status.clone()),
+            created_at: Set(at),
+            updated_at: Set(at),
+            completed_at: Set(None),
+            completed_by: Set(None),
+        };
+
+        let txn = self.db.begin().await?;
+        let created = match model.insert(&txn).await {
+            Ok(created) => created,
+            Err(error) => {
+                let error = self
+                    .name_reference(&txn, ctx, error, assign_to, task.conversation_id)
+                    .await;
+                return Err(error);
+            }
+        };
+        let details = json!({
+            "status": status.as_str(),
+            "assigned_user_id": created.assigned_user_id,
+            "assigned_group_id": created.assigned_group_id,
+        });
+        record(&txn, ctx, &created, "created", details).await?;
+        txn.commit().await?;
+        Ok(created)
+    }
+
+    /// The task with this id in the context's tenant, if any.
+    ///
+    /// # Errors
+    /// [`Error::Db`].
+    pub async fn find_by_id(&self, ctx: &RequestContext, id: Uuid) -> Result<Option<tasks::Model>> {
+        Ok(scope::find::<tasks::Entity>(ctx)
+            .filter(tasks::Column::Id.eq(id))
+            .one(self.db)
+            .await?)
+    }
+
+    /// A user's inbox: the tasks waiting to be claimed (created, assigned or escalated) that are
+    /// assigned to the user or to any group the user belongs to, soonest deadline first (tasks
+    /// without one last), then oldest first. One statement, memberships in a subquery.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    pub async fn find_pending_for_user(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+        page: &PageRequest<InboxCursor>,
+    ) -> Result<Page<tasks::Model, InboxCursor>> {
+        let groups_of_user = scope::find::<group_members::Entity>(ctx)
+            .select_only()
+            .column(group_members::Column::GroupId)
+            .filter(group_members::Column::UserId.eq(user_id))
+            .into_query();
+        let mut query = scope::find::<tasks::Entity>(ctx)
+            .filter(tasks::Column::Status.is_in(PENDING))
+            .filter(
+                Condition::any()
+                    .add(tasks::Column::AssignedUserId.eq(user_id))
+                    .add(tasks::Column::AssignedGroupId.in_subquery(groups_of_user)),
+            );
+        if let Some(after) = &page.after {
+            query = query.filter(after_inbox_cursor(after));
+        }
+        let rows = query
+            .order_by_with_nulls(tasks::Column::SlaDeadline, Order::Asc, NullOrdering::Last)
+            .order_by_asc(tasks::Column::CreatedAt)
+            .order_by_asc(tasks::Column::Id)
+            .limit(page.fetch()?)
+            .all(self.db)
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, InboxCursor::of))
+    }
+
+    /// The tasks of one workflow run, in creation order.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for empty ids or a limit outside 1..=500; [`Error::Db`].
+    pub async fn list_by_workflow_run(
+        &self,
+        ctx: &RequestContext,
+        workflow_id: &str,
+        workflow_run_id: &str,
+        page: &PageRequest<Uuid>,
+    ) -> Result<Page<tasks::Model, Uuid>> {
+        let workflow_id = validate::text("workflow_id", workflow_id, validate::ID_MAX)?;
+        let workflow_run_id = validate::text("workflow_run_id", workflow_run_id, validate::ID_MAX)?;
+        let query = scope::find::<tasks::Entity>(ctx)
+            .filter(tasks::Column::WorkflowId.eq(workflow_id))
+            .filter(tasks::Column::WorkflowRunId.eq(workflow_run_id));
+        self.page_by_id(query, page).await
+    }
+
+    /// The tenant's tasks in one status, in creation order.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    pub async fn list_by_status(
+        &self,
+        ctx: &RequestContext,
+        status: TaskStatus,
+        page: &PageRequest<Uuid>,
+    ) -> Result<Page<tasks::Model, Uuid>> {
+        let query = scope::find::<tasks::Entity>(ctx).filter(tasks::Column::Status.eq(status));
+        self.page_by_id(query, page).await
+    }
+
+    /// The open tasks whose deadline passed before `now`, earliest deadline first: what an SLA
+    /// sweeper expires or escalates, page by page.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    pub async fn overdue(
+        &self,
+        ctx: &RequestContext,
+        now: DateTime<FixedOffset>,
+        page: &PageRequest<OverdueCursor>,
+    ) -> Result<Page<tasks::Model, OverdueCursor>> {
+        let mut query = scope::find::<tasks::Entity>(ctx)
+            .filter(tasks::Column::Status.is_in(TaskStatus::OPEN))
+            .filter(tasks::Column::SlaDeadline.lt(now));
+        if let Some(after) = &page.after {
+            query = query.filter(
+                Condition::any()
+                    .add(tasks::Column::SlaDeadline.gt(after.sla_deadline))
+                    .add(
+                        Condition::all()
+                            .add(tasks::Column::SlaDeadline.eq(after.sla_deadline))
+                            .add(tasks::Column::Id.gt(after.id)),
+                    ),
+            );
+        }
+        let rows = query
+            .order_by_asc(tasks::Column::SlaDeadline)
+            .order_by_asc(tasks::Column::Id)
+            .limit(page.fetch()?)
+            .all(self.db)
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, |task| OverdueCursor {
+            // Always set: the query only returns tasks with a deadline.
+            sla_deadline: task.sla_deadline.unwrap_or(task.created_at),
+            id: task.id,
+        }))
+    }
+
+    /// A task's history, oldest first. An unknown task has none.
+    ///
+    /// # Errors
+    /// [`Error::Db`].
+    pub async fn history(
+        &self,
+        ctx: &RequestContext,
+        task_id: Uuid,
+    ) -> Result<Vec<task_history::Model>> {
+        Ok(scope::find::<task_history::Entity>(ctx)
+            .filter(task_history::Column::TaskId.eq(task_id))
+            .order_by_asc(task_history::Column::CreatedAt)
+            .order_by_asc(task_history::Column::Id)
+            .all(self.db)
+            .await?)
+    }
+
+    /// Assigns (or reassigns) a task that is not claimed: it becomes `ASSIGNED` to `assign_to`.
+    ///
+    /// # Errors
+    /// - [`Error::Validation`]: the assignment names nobody;
+    /// - [`Error::NotFound`]: no such task in the tenant;
+    /// - [`Error::InvalidTransition`]: the task is claimed or final;
+    /// - [`Error::Reference`] ([`ASSIGNEE_FKEY`], [`GROUP_FKEY`]): the user or group is not the
+    ///   tenant's;
+    /// - [`Error::Db`].
+    pub async fn assign(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        assign_to: AssignTo,
+    ) -> Result<tasks::Model> {
+        assign_to.validate()?;
+        let change = Transition {
+            action: TaskAction::Assign,
+            from: &ASSIGNABLE,
+            who: None,
+            details: assign_to.details(),
+            assign_to: Some(assign_to),
+        };
+        self.transition(ctx, id, change, |update| {
+            update
+                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
+                .col_expr(
+                    tasks::Column::AssignedUserId,
+                    Expr::value(assign_to.user_id),
+                )
+                .col_expr(
+                    tasks::Column::AssignedGroupId,
+                    Expr::value(assign_to.group_id),
+                )
+                .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
+        })
+        .await
+    }
+
+    /// Claims an assigned or escalated task for `user_id`, who must be active and either its
+    /// assignee or a member of its group. Of many concurrent claims, exactly one wins; the others
+    /// get [`Error::InvalidTransition`] naming `CLAIMED`.
+    ///
+    /// # Errors
+    /// - [`Error::NotFound`]: no such task in the tenant;
+    /// - [`Error::InvalidTransition`]: the task is not assigned or escalated (claimed already,
+    ///   unassigned, or final);
+    /// - [`Error::Forbidden`]: the user is neither the assignee nor a member of the group, or is
+    ///   inactive;
+    /// - [`Error::Db`].
+    pub async fn claim(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        user_id: Uuid,
+    ) -> Result<tasks::Model> {
+        let change = Transition {
+            action: TaskAction::Claim,
+            from: &CLAIMABLE,
+            who: Some(Who {
+                condition: may_claim(ctx, user_id),
+                reason: "the user is not the assignee or a member of the assigned group, or is \
+                         inactive",
+            }),
+            details: json!({ "user_id": user_id }),
+            assign_to: None,
+        };
+        self.transition(ctx, id, change, |update| {
+            update
+                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Claimed))
+                .col_expr(tasks::Column::ClaimedBy, Expr::value(user_id))
+        })
+        .await
+    }
+
+    /// Gives a claim back: the task is `ASSIGNED` again, to the same user or group.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidTransition`] when the task is not claimed;
+    /// [`Error::Db`].
+    pub async fn release(&self, ctx: &RequestContext, id: Uuid) -> Result<tasks::Model> {
+        let change = Transition {
+            action: TaskAction::Release,
+            from: &[TaskStatus::Claimed],
+            who: None,
+            details: json!({}),
+            assign_to: None,
+        };
+        self.transition(ctx, id, change, |update| {
+            update
+                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
+                .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
+        })
+        .await
+    }
+
+    /// Completes a task with `form_data`, by `user_id`: the user who claimed it, or (without a
+    /// separate claim) the user it is assigned to directly, since nobody else could claim it from
+    /// them. A group task must be claimed first, so that two members never both complete it.
+    ///
+    /// # Errors
+    /// - [`Error::Validation`]: form data that is not a JSON object or exceeds the JSON limits;
+    /// - [`Error::NotFound`];
+    /// - [`Error::InvalidTransition`]: the task is neither claimed nor assigned;
+    /// - [`Error::Forbidden`]: the user neither claimed it nor is its direct assignee;
+    /// - [`Error::Db`].
+    pub async fn complete(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        user_id: Uuid,
+        form_data: Value,
+    ) -> Result<tasks::Model> {
+        validate::json_object("form_data", &form_data)?;
+        let who = Condition::any()
+            .add(
+                Condition::all()
+                    .add(tasks::Column::Status.eq(TaskStatus::Claimed))
+                    .add(tasks::Column::ClaimedBy.eq(user_id)),
+            )
+            .add(
+                Condition::all()
+                    .add(tasks::Column::Status.eq(TaskStatus::Assigned))
+                    .add(tasks::Column::AssignedUserId.eq(user_id))
+                    .add(tasks::Column::AssignedGroupId.is_null()),
+            );
+        let change = Transition {
+            action: TaskAction::Complete,
+            from: &[TaskStatus::Claimed, TaskStatus::Assigned],
+            who: Some(Who {
+                condition: who,
+                reason: "the user neither claimed the task nor is its direct assignee",
+            }),
+            details: json!({ "user_id": user_id }),
+            assign_to: None,
+        };
+        self.transition(ctx, id, change, |update| {
+            update
+                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Completed))
+                .col_expr(tasks::Column::FormData, Expr::value(form_data))
+                .col_expr(tasks::Column::CompletedBy, Expr::value(user_id))
+                .col_expr(tasks::Column::CompletedAt, Expr::value(now()))
+        })
+        .await
+    }
+
+    /// Escalates an open task: it becomes `ESCALATED`, any claim is dropped, and it is reassigned
+    /// to `to` when given (a supervisor, a higher tier). `reason` goes to the history row.
+    ///
+    /// # Errors
+    /// - [`Error::Validation`]: an assignment naming nobody, a reason over the JSON limits;
+    /// - [`Error::NotFound`]; [`Error::InvalidTransition`] when the task is final;
+    /// - [`Error::Reference`] ([`ASSIGNEE_FKEY`], [`GROUP_FKEY`]): `to` is not the tenant's;
+    /// - [`Error::Db`].
+    pub async fn escalate(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        to: Option<AssignTo>,
+        reason: Option<Value>,
+    ) -> Result<tasks::Model> {
+        if let Some(to) = &to {
+            to.validate()?;
+        }
+        if let Some(reason) = &reason {
+            validate::json("reason", reason)?;
+        }
+        let change = Transition {
+            action: TaskAction::Escalate,
+            from: &TaskStatus::OPEN,
+            who: None,
+            details: json!({ "reason": reason, "to": to.map(|to| to.details()) }),
+            assign_to: to,
+        };
+        self.transition(ctx, id, change, |mut update| {
+            update = update
+                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Escalated))
+                .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>));
+            if let Some(to) = to {
+                update = update
+                    .col_expr(tasks::Column::AssignedUserId, Expr::value(to.user_id))
+                    .col_expr(tasks::Column::AssignedGroupId, Expr::value(to.group_id));
+            }
+            update
+        })
+        .await
+    }
+
+    /// Marks an open task `EXPIRED` (its SLA passed).
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidTransition`] when the task is final; [`Error::Db`].
+    pub async fn expire(&self, ctx: &RequestContext, id: Uuid) -> Result<tasks::Model> {
+        let change = Transition {
+            action: TaskAction::Expire,
+            from: &TaskStatus::OPEN,
+            who: None,
+            details: json!({}),
+            assign_to: None,
+        };
+        self.transition(ctx, id, change, |update| {
+            update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Expired))
+        })
+        .await
+    }
+
+    /// Cancels an open task; `reason` goes to the history row.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for an over-long or NUL-holding reason; [`Error::NotFound`];
+    /// [`Error::InvalidTransition`] when the task is final; [`Error::Db`].
+    pub async fn cancel(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        reason: Option<&str>,
+    ) -> Result<tasks::Model> {
+        let reason = validate::optional_text("reason", reason, validate::DESCRIPTION_MAX)?;
+        let change = Transition {
+            action: TaskAction::Cancel,
+            from: &TaskStatus::OPEN,
+            who: None,
+            details: json!({ "reason": reason }),
+            assign_to: None,
+        };
+        self.transition(ctx, id, change, |update| {
+            update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Cancelled))
+        })
+        .await
+    }
+
+    async fn page_by_id(
+        &self,
+        mut query: sea_orm::Select<tasks::Entity>,
+        page: &PageRequest<Uuid>,
+    ) -> Result<Page<tasks::Model, Uuid>> {
+        if let Some(after) = page.after {
+            query = query.filter(tasks::Column::Id.gt(after));
+        }
+        let rows = query
+            .order_by_asc(tasks::Column::Id)
+            .limit(page.fetch()?)
+            .all(self.db)
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, |task| task.id))
+    }
+
+    /// One guarded write and its history row, in one transaction; on a miss, reads the task once
+    /// to say why.
+    async fn transition(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        change: Transition<'_>,
+        set: impl FnOnce(UpdateMany<tasks::Entity>) -> UpdateMany<tasks::Entity>,
+    ) -> Result<tasks::Model> {
+        let mut update = scope::update_many::<tasks::Entity>(ctx)
+            .filter(tasks::Column::Id.eq(id))
+            .filter(tasks::Column::Status.is_in(change.from.iter().cloned()));
+        if let Some(who) = &change.who {
+            update = update.filter(who.condition.clone());
+        }
+        // Set here so that RETURNING shows it on SQLite too (PostgreSQL's trigger moves it on).
+        let update = set(update).col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
+
+        let txn = self.db.begin().await?;
+        let written = match update.exec_with_returning(&txn).await {
+            Ok(mut rows) => rows.pop(),
+            Err(error) => {
+                let assign_to = change.assign_to.unwrap_or(AssignTo {
+                    user_id: None,
+                    group_id: None,
+                });
+                return Err(self.name_reference(&txn, ctx, error, assign_to, None).await);
+            }
+        };
+        let Some(task) = written else {
+            let current = scope::find::<tasks::Entity>(ctx)
+                .filter(tasks::Column::Id.eq(id))
+                .one(&txn)
+                .await?;
+            return Err(match current {
+                None => Error::not_found("task", id),
+                Some(task) if !change.from.contains(&task.status) => Error::InvalidTransition {
+                    task_id: id,
+                    current: task.status,
+                    action: change.action,
+                },
+                Some(_) => Error::Forbidden {
+                    task_id: id,
+                    action: change.action,
+                    reason: change
+                        .who
+                        .map(|who| who.reason)
+                        .unwrap_or("not allowed")
+                        .to_owned(),
+                },
+            });
+        };
+        record(
+            &txn,
+            ctx,
+            &task,
+            change.action.history_label(),
+            change.details,
+        )
+        .await?;
+        txn.commit().await?;
+        Ok(task)
+    }
+
+    /// Turns a failed task write into an error naming the foreign key that refused it. PostgreSQL
+    /// names it; SQLite does not, so the candidates are looked up, in PostgreSQL's order.
+    async fn name_reference(
+        &self,
+        txn: &impl ConnectionTrait,
+        ctx: &RequestContext,
+        error: DbErr,
+        assign_to: AssignTo,
+        conversation_id: Option<Uuid>,
+    ) -> Error {
+        let error = Error::from(error);
+        if !error.is_unnamed_reference() {
+            return error;
+        }
+        let missing = async {
+            if let Some(user) = assign_to.user_id {
+                let found = scope::find::<users::Entity>(ctx)
+                    .filter(users::Column::Id.eq(user))
+                    .count(txn)
+                    .await?;
+                if found == 0 {
+                    return Ok::<_, DbErr>(ASSIGNEE_FKEY);
+                }
+            }
+            if let Some(group) = assign_to.group_id {
+                let found = scope::find::<groups::Entity>(ctx)
+                    .filter(groups::Column::Id.eq(group))
+                    .count(txn)
+                    .await?;
+                if found == 0 {
+                    return Ok(GROUP_FKEY);
+                }
+            }
+            if let Some(conversation) = conversation_id {
+                let found = scope::find::<conversations::Entity>(ctx)
+                    .filter(conversations::Column::Id.eq(conversation))
+                    .count(txn)
+                    .await?;
+                if found == 0 {
+                    return Ok(CONVERSATION_FKEY);
+                }
+            }
+            Ok(TENANT_FKEY)
+        };
+        match missing.await {
+            Ok(constraint) => Error::Reference {
+                constraint: constraint.to_owned(),
+            },
+            Err(lookup) => Error::from(lookup),
+        }
+    }
+}
+
+/// A state change: the states it leaves, who may make it, what history records.
+struct Transition<'s> {
+    action: TaskAction,
+    from: &'s [TaskStatus],
+    who: Option<Who>,
+    details: Value,
+    /// The assignment the change writes, for naming a refused reference.
+    assign_to: Option<AssignTo>,
+}
+
+/// A condition on the user beyond the task's state, and how to explain its failure.
+struct Who {
+    condition: Condition,
+    reason: &'static str,
+}
+
+/// `user_id` is active and is the task's assignee or a member of its group.
+fn may_claim(ctx: &RequestContext, user_id: Uuid) -> Condition {
+    let groups_of_user = scope::find::<group_members::Entity>(ctx)
+        .select_only()
+        .column(group_members::Column::GroupId)
+        .filter(group_members::Column::UserId.eq(user_id))
+        .into_query();
+    let active_user = scope::find::<users::Entity>(ctx)
+        .select_only()
+        .column(users::Column::Id)
+        .filter(users::Column::Id.eq(user_id))
+        .filter(users::Column::Status.eq(orkestra_entity::sea_orm_active_enums::UserStatus::Active))
+        .into_query();
+    Condition::all()
+        .add(Expr::val(user_id).in_subquery(active_user))
+        .add(
+            Condition::any()
+                .add(tasks::Column::AssignedUserId.eq(user_id))
+                .add(tasks::Column::AssignedGroupId.in_subquery(groups_of_user)),
+        )
+}
+
+/// Rows after `cursor` in `(sla_deadline NULLS LAST, created_at, id)` order.
+fn after_inbox_cursor(cursor: &InboxCursor) -> Condition {
+    let later_in_same_deadline = Condition::any()
+        .add(tasks::Column::CreatedAt.gt(cursor.created_at))
+        .add(
+            Condition::all()
+                .add(tasks::Column::CreatedAt.eq(cursor.created_at))
+                .add(tasks::Column::Id.gt(cursor.id)),
+        );
+    match cursor.sla_deadline {
+        Some(deadline) => Condition::any()
+            .add(tasks::Column::SlaDeadline.gt(deadline))
+            .add(tasks::Column::SlaDeadline.is_null())
+            .add(
+                Condition::all()
+                    .add(tasks::Column::SlaDeadline.eq(deadline))
+                    .add(later_in_same_deadline),
+            ),
+        None => Condition::all()
+            .add(tasks::Column::SlaDeadline.is_null())
+            .add(later_in_same_deadline),
+    }
+}
+
+/// Writes a history row for `task`, with the context's actor.
+async fn record(
+    db: &impl ConnectionTrait,
+    ctx: &RequestContext,
+    task: &tasks::Model,
+    action: &str,
+    details: Value,
+) -> Result<()> {
+    let row = task_history::ActiveModel {
+        id: Set(Uuid::now_v7()),
+        tenant_id: Set(ctx.tenant_id()),
+        task_id: Set(task.id),
+        action: Set(action.to_owned()),
+        actor_type: Set(ctx.actor().kind().as_str().to_owned()),
+        actor_id: Set(ctx.actor().id().to_owned()),
+        details: Set(Some(details)),
+        created_at: Set(now()),
+    };
+    task_history::Entity::insert(row)
+        .exec_without_returning(db)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,270 @@
+//! Tenants: the one system-level repository. Tenant administration only; it takes no
+//! [`RequestContext`](crate::RequestContext) and reaches no tenant-owned table.
+
+use orkestra_entity::{sea_orm_active_enums::TenantStatus, tenants};
+use sea_orm::{
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, UpdateMany, sea_query::Expr,
+};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::error::{DbResultExt, Error, Result};
+use crate::page::{Page, PageRequest};
+use crate::scope::system;
+use crate::{now, validate};
+
+/// The unique constraint a duplicate slug violates.
+pub const SLUG_KEY: &str = "tenants_slug_key";
+
+/// A tenant to create.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTenant {
+    /// The display name.
+    pub name: String,
+    /// The slug, unique across tenants: lower-case letters, digits and single hyphens, 1 to 63.
+    pub slug: String,
+    /// Configuration, a JSON object (default `{}`).
+    pub config: Option<Value>,
+    /// Limits, a JSON object (default none).
+    pub limits: Option<Value>,
+}
+
+impl NewTenant {
+    /// A tenant with the given name and slug, default configuration and no limits.
+    pub fn new(name: impl Into<String>, slug: impl Into<String>) -> NewTenant {
+        NewTenant {
+            name: name.into(),
+            slug: slug.into(),
+            config: None,
+            limits: None,
+        }
+    }
+}
+
+/// Changes to a tenant; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantUpdate {
+    /// A new display name.
+    pub name: Option<String>,
+    /// New configuration (a JSON object; replaces the old one).
+    pub config: Option<Value>,
+    /// New limits: `Some(Some(object))` sets them, `Some(None)` removes them.
+    pub limits: Option<Option<Value>>,
+}
+
+/// Tenant administration.
+#[derive(Debug, Clone, Copy)]
+pub struct TenantRepository<'a, C> {
+    db: &'a C,
+}
+
+impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
+    /// A repository on `db`, a pool or a transaction.
+    pub fn new(db: &'a C) -> Self {
+        TenantRepository { db }
+    }
+
+    /// Creates an active tenant.
+    ///
+    /// # Errors
+    /// - [`Error::Validation`]: an empty, over-long or NUL-holding name, a malformed slug, a config
+    ///   or limits that are not JSON objects;
+    /// - [`Error::Conflict`] ([`SLUG_KEY`]): the slug is taken;
+    /// - [`Error::Db`].
+    pub async fn create(&self, tenant: NewTenant) -> Result<tenants::Model> {
+        let name = validate::text("name", &tenant.name, validate::NAME_MAX)?;
+        let slug = validate::slug("slug", &tenant.slug)?;
+        let config = tenant.config.unwrap_or_else(|| serde_json::json!({}));
+        validate::json_object("config", &config)?;
+        if let Some(limits) = &tenant.limits {
+            validate::json_object("limits", limits)?;
+        }
+        let at = now();
+        tenants::ActiveModel {
+            id: Set(Uuid::now_v7()),
+            name: Set(name),
+            slug: Set(slug),
+            config: Set(config),
+            limits: Set(tenant.limits),
+            status: Set(TenantStatus::Active),
+            created_at: Set(at),
+            updated_at: Set(at),
+        }
+        .insert(self.db)
+        .await
+        .or_constraint(SLUG_KEY)
+    }
+
+    /// The tenant with this id, whatever its status.
+    ///
+    /// # Errors
+    /// [`Error::Db`].
+    pub async fn find_by_id(&self, id: Uuid) -> Result<Option<tenants::Model>> {
+        Ok(system::tenants()
+            .filter(tenants::Column::Id.eq(id))
+            .one(self.db)
+            .await?)
+    }
+
+    /// The tenant with this slug, whatever its status.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a slug that could not have been stored; [`Error::Db`].
+    pub async fn find_by_slug(&self, slug: &str) -> Result<Option<tenants::Model>> {
+        let slug = validate::slug("slug", slug)?;
+        Ok(system::tenants()
+            .filter(tenants::Column::Slug.eq(slug))
+            .one(self.db)
+            .await?)
+    }
+
+    /// A page of tenants (only those with `status`, when given), in creation order.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    pub async fn list(
+        &self,
+        status: Option<TenantStatus>,
+        page: &PageRequest<Uuid>,
+    ) -> Result<Page<tenants::Model, Uuid>> {
+        let mut query = system::tenants();
+        if let Some(status) = status {
+            query = query.filter(tenants::Column::Status.eq(status));
+        }
+        if let Some(after) = page.after {
+            query = query.filter(tenants::Column::Id.gt(after));
+        }
+        let rows = query
+            .order_by_asc(tenants::Column::Id)
+            .limit(page.fetch()?)
+            .all(self.db)
+            .await?;
+        Ok(Page::from_rows(rows, page.limit, |tenant| tenant.id))
+    }
+
+    /// Changes a tenant's name, configuration and/or limits; a deleted tenant cannot be changed.
+    ///
+    /// # Errors
+    /// - [`Error::Validation`]: an invalid name, config or limits, or no change given;
+    /// - [`Error::NotFound`]: no such tenant;
+    /// - [`Error::InvalidState`]: the tenant is deleted;
+    /// - [`Error::Db`].
+    pub async fn update(&self, id: Uuid, update: TenantUpdate) -> Result<tenants::Model> {
+        let mut statement = system::update_tenants();
+        let mut changed = false;
+        if let Some(name) = &update.name {
+            let name = validate::text("name", name, validate::NAME_MAX)?;
+            statement = statement.col_expr(tenants::Column::Name, Expr::value(name));
+            changed = true;
+        }
+        if let Some(config) = update.config {
+            validate::json_object("config", &config)?;
+            statement = statement.col_expr(tenants::Column::Config, Expr::value(config));
+            changed = true;
+        }
+        if let Some(limits) = update.limits {
+            if let Some(limits) = &limits {
+                validate::json_object("limits", limits)?;
+            }
+            statement = statement.col_expr(tenants::Column::Limits, Expr::value(limits));
+            changed = true;
+        }
+        if !changed {
+            return Err(Error::validation("update", "names no field to change"));
+        }
+        self.guarded(
+            statement,
+            id,
+            &[TenantStatus::Active, TenantStatus::Suspended],
+            "update",
+        )
+        .await
+    }
+
+    /// Suspends a tenant (its data stays; services refuse its requests). Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidState`] when the tenant is deleted; [`Error::Db`].
+    pub async fn suspend(&self, id: Uuid) -> Result<tenants::Model> {
+        self.set_status(id, TenantStatus::Suspended, "suspend")
+            .await
+    }
+
+    /// Makes a suspended tenant active again. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::InvalidState`] when the tenant is deleted; [`Error::Db`].
+    pub async fn reactivate(&self, id: Uuid) -> Result<tenants::Model> {
+        self.set_status(id, TenantStatus::Active, "reactivate")
+            .await
+    }
+
+    /// Soft-deletes a tenant: its status becomes `DELETED`, and the row and all its data stay (the
+    /// audit trail outlives the tenant). Final: a deleted tenant cannot be reactivated. Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::NotFound`]; [`Error::Db`].
+    pub async fn soft_delete(&self, id: Uuid) -> Result<tenants::Model> {
+        let statement = system::update_tenants()
+            .col_expr(tenants::Column::Status, Expr::value(TenantStatus::Deleted));
+        self.guarded(
+            statement,
+            id,
+            &[
+                TenantStatus::Active,
+                TenantStatus::Suspended,
+                TenantStatus::Deleted,
+            ],
+            "delete",
+        )
+        .await
+    }
+
+    async fn set_status(
+        &self,
+        id: Uuid,
+        status: TenantStatus,
+        action: &'static str,
+    ) -> Result<tenants::Model> {
+        let statement =
+            system::update_tenants().col_expr(tenants::Column::Status, Expr::value(status));
+        self.guarded(
+            statement,
+            id,
+            &[TenantStatus::Active, TenantStatus::Suspended],
+            action,
+        )
+        .await
+    }
+
+    /// Applies `statement` to tenant `id` if its status is one of `from`, in one statement; tells
+    /// a missing tenant from one in the wrong state only when nothing was written.
+    async fn guarded(
+        &self,
+        statement: UpdateMany<tenants::Entity>,
+        id: Uuid,
+        from: &[TenantStatus],
+        action: &'static str,
+    ) -> Result<tenants::Model> {
+        let updated = statement
+            .col_expr(tenants::Column::UpdatedAt, Expr::value(now()))
+            .filter(tenants::Column::Id.eq(id))
+            .filter(tenants::Column::Status.is_in(from.iter().cloned()))
+            .exec_with_returning(self.db)
+            .await?
+            .pop();
+        if let Some(tenant) = updated {
+            return Ok(tenant);
+        }
+        match self.find_by_id(id).await? {
+            None => Err(Error::not_found("tenant", id)),
+            Some(tenant) => Err(Error::InvalidState {
+                entity: "tenant",
+                id: id.to_string(),
+                state: tenant.status.as_str().to_owned(),
+                action,
+            }),
+        }
+    }
+}
