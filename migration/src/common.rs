@@ -360,8 +360,10 @@ pub(crate) async fn drop_touch_function(manager: &SchemaManager<'_>) -> Result<(
 /// - SQLite cannot change `NEW` before the write: an `AFTER UPDATE` trigger rewrites the row when
 ///   the statement did not move `updated_at` forward itself (recursive triggers are off by default,
 ///   so it does not fire itself). `RETURNING` shows the row before that rewrite, so code that wants
-///   the exact value back sets `updated_at` in its statement. SQLite's clock has millisecond
-///   resolution; the trigger adds a millisecond when two updates fall within one.
+///   the exact value back sets `updated_at` in its statement. The values compare as text, which
+///   orders the RFC 3339 UTC form sqlx writes to the nanosecond (`julianday` would round to the
+///   millisecond). SQLite's clock has millisecond resolution; the trigger adds a millisecond when
+///   two updates fall within one.
 pub(crate) async fn create_touch_trigger<T: Iden>(
     manager: &SchemaManager<'_>,
     table: T,
@@ -374,7 +376,7 @@ pub(crate) async fn create_touch_trigger<T: Iden>(
         ),
         DbBackend::Sqlite => format!(
             "CREATE TRIGGER {table}_touch_updated_at AFTER UPDATE ON {table} FOR EACH ROW \
-             WHEN julianday(NEW.updated_at) <= julianday(OLD.updated_at) \
+             WHEN NEW.updated_at <= OLD.updated_at \
              BEGIN UPDATE {table} SET updated_at = strftime('%Y-%m-%dT%H:%M:%f+00:00', \
              max(julianday('now'), julianday(OLD.updated_at) + 1.0 / 86400000.0)) \
              WHERE rowid = NEW.rowid; END"
