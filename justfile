@@ -51,10 +51,40 @@ test *args:
 test-pg *args:
     cargo test --workspace {{args}}
 
-# Check formatting and lints (warnings are errors)
+# Check formatting and lints (warnings are errors), and that the tenant-scoping lint bites
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    just lint-scoping
+
+# Prove the tenant-scoping lint works: an unscoped query added to the repository crate must fail clippy
+lint-scoping:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    probe=repository/src/unscoped_probe.rs
+    saved=$(mktemp)
+    cp repository/src/lib.rs "$saved"
+    restore() { rm -f "$probe"; cp "$saved" repository/src/lib.rs; rm -f "$saved"; }
+    trap restore EXIT
+    printf '%s\n' \
+        '//! An unscoped query, written by `just lint-scoping` to prove that clippy refuses it.' \
+        'use sea_orm::EntityTrait;' \
+        '/// Reads every tenant'"'"'s tasks.' \
+        'pub async fn all_tasks(db: &sea_orm::DatabaseConnection) -> Result<Vec<orkestra_entity::tasks::Model>, sea_orm::DbErr> {' \
+        '    orkestra_entity::tasks::Entity::find().all(db).await' \
+        '}' > "$probe"
+    echo 'pub mod unscoped_probe;' >> repository/src/lib.rs
+    if out=$(cargo clippy -q -p orkestra-repository -- -D warnings 2>&1); then
+        echo "error: clippy accepted an unscoped query on tasks" >&2
+        exit 1
+    fi
+    if ! grep -q 'disallowed method `sea_orm::EntityTrait::find`' <<< "$out"; then
+        echo "$out" >&2
+        echo "error: clippy failed, but not on the unscoped query" >&2
+        exit 1
+    fi
+    grep -m1 -A3 'disallowed method' <<< "$out"
+    echo "ok: clippy refuses an unscoped query in the repository crate"
 
 # Everything CI runs (.ci/run): lint, both test runs, entity drift, migration CLI round trip
 ci:

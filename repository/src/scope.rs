@@ -12,7 +12,7 @@
 //! The filtering itself is the extension traits [`SelectTenant`], [`UpdateTenant`] and
 //! [`DeleteTenant`], usable by services that build their own queries.
 //!
-//! ```compile_fail
+//! ```compile_fail,E0277
 //! // `tenants` is not tenant-owned, so it cannot be tenant-scoped.
 //! use orkestra_repository::scope;
 //! fn f(ctx: &orkestra_repository::RequestContext) {

@@ -882,3 +882,245 @@ async fn record(
         .await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    //! The statements each task operation sends, on a mock PostgreSQL connection: every one that
+    //! touches a tenant-owned table names the context's tenant.
+
+    use std::collections::BTreeMap;
+
+    use sea_orm::{
+        DatabaseConnection, DbBackend, IdenStatic, Iterable, MockDatabase, MockExecResult,
+        ModelTrait, Statement, Value,
+    };
+
+    use super::*;
+    use crate::Actor;
+
+    fn ctx() -> RequestContext {
+        RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7())).expect("context")
+    }
+
+    fn task(ctx: &RequestContext, status: TaskStatus) -> tasks::Model {
+        let at = now();
+        tasks::Model {
+            id: Uuid::now_v7(),
+            tenant_id: ctx.tenant_id(),
+            workflow_id: "wf".into(),
+            workflow_run_id: "run".into(),
+            title: "T".into(),
+            description: None,
+            form_schema: json!({}),
+            form_data: None,
+            assigned_user_id: None,
+            assigned_group_id: None,
+            claimed_by: None,
+            context: json!({}),
+            conversation_id: None,
+            sla_deadline: None,
+            sla_config: None,
+            status,
+            created_at: at,
+            updated_at: at,
+            completed_at: None,
+            completed_by: None,
+        }
+    }
+
+    /// A mock row of `task`; sea-orm 2.0.4's mock reads a native enum only from a string value.
+    fn row(task: &tasks::Model) -> BTreeMap<String, Value> {
+        let mut row: BTreeMap<String, Value> = tasks::Column::iter()
+            .map(|column| (column.as_str().to_owned(), task.get(column)))
+            .collect();
+        row.insert("status".into(), task.status.as_str().into());
+        row
+    }
+
+    fn exec(rows: u64) -> MockExecResult {
+        MockExecResult {
+            last_insert_id: 0,
+            rows_affected: rows,
+        }
+    }
+
+    fn statements(db: DatabaseConnection) -> Vec<Statement> {
+        db.into_transaction_log()
+            .into_iter()
+            .flat_map(|txn| txn.statements().to_vec())
+            .filter(|stmt| !matches!(stmt.sql.as_str(), "BEGIN" | "COMMIT" | "ROLLBACK"))
+            .collect()
+    }
+
+    /// Every statement binds the tenant, and every read or write with a WHERE filters on it.
+    #[track_caller]
+    fn assert_tenant_everywhere(statements: &[Statement], ctx: &RequestContext) {
+        assert!(!statements.is_empty());
+        for stmt in statements {
+            let values = stmt.values.as_ref().map(|v| v.0.clone()).unwrap_or_default();
+            assert!(
+                values.contains(&Value::Uuid(Some(ctx.tenant_id()))),
+                "statement does not bind the tenant: {}",
+                stmt.sql
+            );
+            if stmt.sql.contains("WHERE") {
+                let where_clause = &stmt.sql[stmt.sql.find("WHERE").unwrap_or(0)..];
+                assert!(
+                    where_clause.contains(r#""tenant_id" = $"#),
+                    "no tenant predicate: {}",
+                    stmt.sql
+                );
+            }
+            if let Some(from) = stmt.sql.find("(SELECT") {
+                assert!(
+                    stmt.sql[from..].contains(r#""tenant_id" = $"#),
+                    "subquery without the tenant: {}",
+                    stmt.sql
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn create_inserts_the_task_and_its_history_for_the_tenant() {
+        let ctx = ctx();
+        let created = task(&ctx, TaskStatus::Created);
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([vec![row(&created)]])
+            .append_exec_results([exec(1)])
+            .into_connection();
+        let result = TaskRepository::new(&db)
+            .create(&ctx, NewTask::new("wf", "run", "T", json!({})))
+            .await;
+        assert_eq!(result.ok(), Some(created));
+        let statements = statements(db);
+        assert_eq!(statements.len(), 2);
+        assert!(statements[0].sql.starts_with(r#"INSERT INTO "tasks""#));
+        assert!(statements[1].sql.starts_with(r#"INSERT INTO "task_history""#));
+        assert_tenant_everywhere(&statements, &ctx);
+    }
+
+    #[tokio::test]
+    async fn reads_filter_on_the_tenant() {
+        let ctx = ctx();
+        let found = task(&ctx, TaskStatus::Assigned);
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([
+                vec![row(&found)],
+                vec![row(&found)],
+                vec![row(&found)],
+                vec![row(&found)],
+                vec![],
+            ])
+            .append_query_results([Vec::<BTreeMap<String, Value>>::new()])
+            .into_connection();
+        let repo = TaskRepository::new(&db);
+        let page = PageRequest::first(10);
+        repo.find_by_id(&ctx, found.id).await.expect("find");
+        repo.find_pending_for_user(&ctx, Uuid::now_v7(), &PageRequest::first(10))
+            .await
+            .expect("inbox");
+        repo.list_by_workflow_run(&ctx, "wf", "run", &page)
+            .await
+            .expect("run");
+        repo.list_by_status(&ctx, TaskStatus::Assigned, &page)
+            .await
+            .expect("status");
+        repo.overdue(&ctx, now(), &PageRequest::first(10))
+            .await
+            .expect("overdue");
+        repo.history(&ctx, found.id).await.expect("history");
+        let statements = statements(db);
+        assert_eq!(statements.len(), 6);
+        assert!(statements[1].sql.contains(r#""group_members""#));
+        assert!(statements[1].sql.contains("NULLS LAST"));
+        assert_tenant_everywhere(&statements, &ctx);
+    }
+
+    #[tokio::test]
+    async fn a_transition_is_one_guarded_update_and_one_history_insert() {
+        let ctx = ctx();
+        let user = Uuid::now_v7();
+        let mut claimed = task(&ctx, TaskStatus::Claimed);
+        claimed.claimed_by = Some(user);
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([vec![row(&claimed)]])
+            .append_exec_results([exec(1)])
+            .into_connection();
+        let result = TaskRepository::new(&db).claim(&ctx, claimed.id, user).await;
+        assert_eq!(result.ok(), Some(claimed));
+        let statements = statements(db);
+        assert_eq!(statements.len(), 2);
+        let update = &statements[0].sql;
+        assert!(update.starts_with(r#"UPDATE "tasks" SET"#), "{update}");
+        assert!(update.contains(r#""status" IN"#), "{update}");
+        assert!(update.contains("RETURNING"), "{update}");
+        assert!(update.contains(r#""group_members""#), "{update}");
+        assert!(update.contains(r#""users""#), "{update}");
+        assert_tenant_everywhere(&statements, &ctx);
+    }
+
+    #[tokio::test]
+    async fn a_refused_transition_reads_the_task_once_and_writes_nothing() {
+        let ctx = ctx();
+        let done = task(&ctx, TaskStatus::Completed);
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([Vec::<BTreeMap<String, Value>>::new(), vec![row(&done)]])
+            .into_connection();
+        let result = TaskRepository::new(&db).cancel(&ctx, done.id, None).await;
+        assert!(matches!(
+            result,
+            Err(Error::InvalidTransition {
+                current: TaskStatus::Completed,
+                action: TaskAction::Cancel,
+                ..
+            })
+        ));
+        let statements = statements(db);
+        assert_eq!(statements.len(), 2);
+        assert!(statements[0].sql.starts_with("UPDATE"));
+        assert!(statements[1].sql.starts_with("SELECT"));
+        assert!(!statements.iter().any(|s| s.sql.contains("task_history")));
+        assert_tenant_everywhere(&statements, &ctx);
+    }
+
+    #[tokio::test]
+    async fn every_transition_names_the_tenant() {
+        let ctx = ctx();
+        let user = Uuid::now_v7();
+        let updated = task(&ctx, TaskStatus::Assigned);
+        let mut db = MockDatabase::new(DbBackend::Postgres);
+        for _ in 0..7 {
+            db = db
+                .append_query_results([vec![row(&updated)]])
+                .append_exec_results([exec(1)]);
+        }
+        let db = db.into_connection();
+        let repo = TaskRepository::new(&db);
+        let id = updated.id;
+        repo.assign(&ctx, id, AssignTo::user(user)).await.expect("assign");
+        repo.claim(&ctx, id, user).await.expect("claim");
+        repo.release(&ctx, id).await.expect("release");
+        repo.complete(&ctx, id, user, json!({})).await.expect("complete");
+        repo.escalate(&ctx, id, None, None).await.expect("escalate");
+        repo.expire(&ctx, id).await.expect("expire");
+        repo.cancel(&ctx, id, None).await.expect("cancel");
+        let statements = statements(db);
+        assert_eq!(statements.len(), 14);
+        assert_tenant_everywhere(&statements, &ctx);
+    }
+
+    #[test]
+    fn the_inbox_cursor_orders_deadlines_before_none() {
+        let cursor = InboxCursor {
+            sla_deadline: None,
+            created_at: now(),
+            id: Uuid::now_v7(),
+        };
+        let sql = scope::find::<tasks::Entity>(&ctx())
+            .filter(after_inbox_cursor(&cursor))
+            .build(DbBackend::Postgres)
+            .to_string();
+        assert!(sql.contains(r#""sla_deadline" IS NULL"#), "{sql}");
+    }
+}
