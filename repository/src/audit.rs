@@ -257,8 +257,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
     ) -> Result<Page<audit_events::Model, TimeCursor>> {
         let mut select = filtered(ctx, query)?;
         if let Some(after) = &page.after {
-            // Row-value comparison: one range on an index of (tenant_id, created_at, id), on
-            // PostgreSQL and on SQLite alike.
+            // A row-value comparison rather than its OR form: PostgreSQL turns it into a single
+            // index range on (tenant_id, created_at, id), where the OR form needs a filter.
             select = select.filter(
                 Expr::tuple([
                     Expr::col((audit_events::Entity, audit_events::Column::CreatedAt)),
