@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 pub mod connect;
 pub mod context;
 pub mod error;
@@ -34,6 +35,7 @@ pub mod tx;
 pub mod users;
 pub mod validate;
 
+pub use audit::{AuditQuery, AuditRepository, NewAuditEvent, RECORD_MANY_MAX};
 pub use connect::{DbConfig, connect};
 pub use context::{Actor, ActorKind, RequestContext};
 pub use error::{Error, Result, TaskAction};

@@ -957,7 +957,11 @@ mod tests {
     fn assert_tenant_everywhere(statements: &[Statement], ctx: &RequestContext) {
         assert!(!statements.is_empty());
         for stmt in statements {
-            let values = stmt.values.as_ref().map(|v| v.0.clone()).unwrap_or_default();
+            let values = stmt
+                .values
+                .as_ref()
+                .map(|v| v.0.clone())
+                .unwrap_or_default();
             assert!(
                 values.contains(&Value::Uuid(Some(ctx.tenant_id()))),
                 "statement does not bind the tenant: {}",
@@ -996,7 +1000,11 @@ mod tests {
         let statements = statements(db);
         assert_eq!(statements.len(), 2);
         assert!(statements[0].sql.starts_with(r#"INSERT INTO "tasks""#));
-        assert!(statements[1].sql.starts_with(r#"INSERT INTO "task_history""#));
+        assert!(
+            statements[1]
+                .sql
+                .starts_with(r#"INSERT INTO "task_history""#)
+        );
         assert_tenant_everywhere(&statements, &ctx);
     }
 
@@ -1098,10 +1106,14 @@ mod tests {
         let db = db.into_connection();
         let repo = TaskRepository::new(&db);
         let id = updated.id;
-        repo.assign(&ctx, id, AssignTo::user(user)).await.expect("assign");
+        repo.assign(&ctx, id, AssignTo::user(user))
+            .await
+            .expect("assign");
         repo.claim(&ctx, id, user).await.expect("claim");
         repo.release(&ctx, id).await.expect("release");
-        repo.complete(&ctx, id, user, json!({})).await.expect("complete");
+        repo.complete(&ctx, id, user, json!({}))
+            .await
+            .expect("complete");
         repo.escalate(&ctx, id, None, None).await.expect("escalate");
         repo.expire(&ctx, id).await.expect("expire");
         repo.cancel(&ctx, id, None).await.expect("cancel");
