@@ -480,35 +480,28 @@ async fn record_many_in_a_transaction_rolls_back_with_it() -> anyhow::Result<()>
     let ctx = user_ctx(tenant)?;
 
     // A full batch: on SQLite its statements run in a savepoint of the caller's transaction.
-    // (The helper's closure must own what its future uses, hence the clones.)
-    let owned = ctx.clone();
-    let result: Result<(), Error> = transaction(db.conn(), move |txn| {
-        Box::pin(async move {
-            let ctx = &owned;
-            let audit = AuditRepository::new(txn);
-            audit.record(ctx, event(0)).await?;
-            let events = (0..RECORD_MANY_MAX).map(event).collect();
-            assert_eq!(
-                audit.record_many(ctx, events).await?,
-                RECORD_MANY_MAX as u64
-            );
-            assert_eq!(
-                audit.count(ctx, &AuditQuery::all()).await?,
-                RECORD_MANY_MAX as u64 + 1
-            );
-            Err(Error::validation("test", "roll everything back"))
-        })
+    let result: Result<(), Error> = transaction(db.conn(), async |txn| {
+        let audit = AuditRepository::new(txn);
+        audit.record(&ctx, event(0)).await?;
+        let events = (0..RECORD_MANY_MAX).map(event).collect();
+        assert_eq!(
+            audit.record_many(&ctx, events).await?,
+            RECORD_MANY_MAX as u64
+        );
+        assert_eq!(
+            audit.count(&ctx, &AuditQuery::all()).await?,
+            RECORD_MANY_MAX as u64 + 1
+        );
+        Err(Error::validation("test", "roll everything back"))
     })
     .await;
     assert_invalid(result, "test");
     assert_eq!(total(db.conn()).await?, 0);
 
-    transaction(db.conn(), move |txn| {
-        Box::pin(async move {
-            let events = (0..3).map(event).collect();
-            AuditRepository::new(txn).record_many(&ctx, events).await?;
-            Ok(())
-        })
+    transaction(db.conn(), async |txn| {
+        let events = (0..3).map(event).collect();
+        AuditRepository::new(txn).record_many(&ctx, events).await?;
+        Ok(())
     })
     .await?;
     assert_eq!(total(db.conn()).await?, 3);
