@@ -24,6 +24,7 @@
 
 pub mod connect;
 pub mod context;
+pub mod conversations;
 pub mod error;
 pub mod page;
 pub mod scope;
@@ -33,6 +34,7 @@ pub mod validate;
 
 pub use connect::{DbConfig, connect};
 pub use context::{Actor, ActorKind, RequestContext};
+pub use conversations::{ConversationRepository, NewConversation, NewMessage};
 pub use error::{Error, Result, TaskAction};
 pub use page::{Page, PageRequest, TimeCursor};
 pub use tx::transaction;
