@@ -490,3 +490,432 @@ fn status_label(status: &ConversationStatus) -> &'static str {
         ConversationStatus::Archived => "ARCHIVED",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The SQL each method sends, on a mock PostgreSQL: every statement on a tenant-owned table
+    //! names the context's tenant.
+
+    use std::collections::BTreeMap;
+
+    use chrono::{DateTime, FixedOffset};
+    use sea_orm::{DatabaseConnection, DbBackend, MockDatabase, MockExecResult, Statement, Value};
+    use serde_json::json;
+
+    use super::*;
+    use crate::context::Actor;
+
+    const TABLES: [&str; 3] = ["\"conversations\"", "\"messages\"", "\"tasks\""];
+
+    fn ctx() -> Result<RequestContext> {
+        RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7()))
+    }
+
+    fn time() -> DateTime<FixedOffset> {
+        now()
+    }
+
+    /// A conversation row as the mock returns it; the status is a string (sea-orm 2.0.4 mocks
+    /// cannot carry a native enum value).
+    fn conversation_row(tenant: Uuid, id: Uuid, status: &str) -> BTreeMap<&'static str, Value> {
+        BTreeMap::from([
+            ("id", id.into()),
+            ("tenant_id", tenant.into()),
+            ("external_id", Some("thread-1".to_owned()).into()),
+            ("channel", Some("slack".to_owned()).into()),
+            ("participant", json!({"kind": "user"}).into()),
+            ("status", status.into()),
+            ("created_at", time().into()),
+            ("updated_at", time().into()),
+            ("closed_at", Option::<DateTime<FixedOffset>>::None.into()),
+        ])
+    }
+
+    fn message_row(tenant: Uuid, conversation: Uuid) -> messages::Model {
+        messages::Model {
+            id: Uuid::now_v7(),
+            tenant_id: tenant,
+            conversation_id: conversation,
+            role: "user".to_owned(),
+            content: "hello".to_owned(),
+            metadata: None,
+            created_at: time(),
+        }
+    }
+
+    fn task_row(tenant: Uuid, conversation: Uuid) -> BTreeMap<&'static str, Value> {
+        let none_uuid = || Value::from(Option::<Uuid>::None);
+        let none_time = || Value::from(Option::<DateTime<FixedOffset>>::None);
+        BTreeMap::from([
+            ("id", Uuid::now_v7().into()),
+            ("tenant_id", tenant.into()),
+            ("workflow_id", "wf-1".into()),
+            ("workflow_run_id", "run-1".into()),
+            ("title", "Approve".into()),
+            ("description", Option::<String>::None.into()),
+            ("form_schema", json!({}).into()),
+            ("form_data", Option::<serde_json::Value>::None.into()),
+            ("assigned_user_id", none_uuid()),
+            ("assigned_group_id", none_uuid()),
+            ("claimed_by", none_uuid()),
+            ("context", json!({}).into()),
+            ("conversation_id", Some(conversation).into()),
+            ("sla_deadline", none_time()),
+            ("sla_config", Option::<serde_json::Value>::None.into()),
+            ("status", "CREATED".into()),
+            ("created_at", time().into()),
+            ("updated_at", time().into()),
+            ("completed_at", none_time()),
+            ("completed_by", none_uuid()),
+        ])
+    }
+
+    fn exec(rows_affected: u64) -> MockExecResult {
+        MockExecResult {
+            last_insert_id: 0,
+            rows_affected,
+        }
+    }
+
+    /// The statements the mock received that touch a tenant-owned table, each checked to carry
+    /// the tenant: as a `"tenant_id" = $n` predicate, or as the inserted `tenant_id` value.
+    fn scoped_statements(db: DatabaseConnection, tenant: Uuid) -> Vec<Statement> {
+        let log = db.into_transaction_log();
+        let statements: Vec<Statement> = log
+            .iter()
+            .flat_map(|txn| txn.statements().iter().cloned())
+            .filter(|stmt| TABLES.iter().any(|table| stmt.sql.contains(table)))
+            .collect();
+        for stmt in &statements {
+            assert!(
+                names_tenant(stmt, tenant),
+                "statement does not name tenant {tenant}: {} {:?}",
+                stmt.sql,
+                stmt.values
+            );
+        }
+        statements
+    }
+
+    fn names_tenant(stmt: &Statement, tenant: Uuid) -> bool {
+        let values = stmt.values.as_ref().map(|v| v.0.as_slice()).unwrap_or(&[]);
+        let is_tenant = |position: usize| {
+            position
+                .checked_sub(1)
+                .and_then(|i| values.get(i))
+                .is_some_and(|value| *value == Value::from(tenant))
+        };
+        if stmt.sql.starts_with("INSERT") {
+            // A one-row insert binds its columns in order, as $1, $2, ...
+            let columns = stmt
+                .sql
+                .split_once('(')
+                .and_then(|(_, rest)| rest.split_once(')'));
+            return columns.is_some_and(|(columns, _)| {
+                columns
+                    .split(", ")
+                    .position(|column| column == "\"tenant_id\"")
+                    .is_some_and(|i| is_tenant(i + 1))
+            });
+        }
+        let marker = "\"tenant_id\" = $";
+        stmt.sql.match_indices(marker).any(|(at, _)| {
+            let digits: String = stmt.sql[at + marker.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().is_ok_and(is_tenant)
+        })
+    }
+
+    #[tokio::test]
+    async fn create_inserts_into_the_tenant() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([[conversation_row(tenant, Uuid::now_v7(), "ACTIVE")]])
+            .into_connection();
+        let created = ConversationRepository::new(&db)
+            .create(
+                &ctx,
+                NewConversation::new(json!({"kind": "user"})).external("slack", "thread-1"),
+            )
+            .await?;
+        assert_eq!(created.status, ConversationStatus::Active);
+        let statements = scoped_statements(db, tenant);
+        assert_eq!(statements.len(), 1);
+        assert!(
+            statements[0]
+                .sql
+                .starts_with("INSERT INTO \"conversations\"")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn lookups_name_the_tenant() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
+            .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
+            .into_connection();
+        let repo = ConversationRepository::new(&db);
+        assert!(repo.find_by_id(&ctx, id).await?.is_some());
+        assert!(
+            repo.find_by_external_id(&ctx, " slack ", "thread-1")
+                .await?
+                .is_some()
+        );
+        let statements = scoped_statements(db, tenant);
+        assert_eq!(statements.len(), 2);
+        assert!(statements.iter().all(|s| s.sql.starts_with("SELECT")));
+        // The lookup is trimmed, as the value was when stored.
+        assert!(
+            statements[1]
+                .values
+                .as_ref()
+                .is_some_and(|v| v.0.contains(&Value::from("slack")))
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn get_or_create_inserts_on_conflict_do_nothing_then_reads() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let row = conversation_row(tenant, Uuid::now_v7(), "ACTIVE");
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([exec(1), exec(0)])
+            .append_query_results([[row.clone()], [row]])
+            .into_connection();
+        let repo = ConversationRepository::new(&db);
+        let (first, created) = repo
+            .get_or_create(&ctx, "slack", "thread-1", json!({}))
+            .await?;
+        assert!(created);
+        let (second, created) = repo
+            .get_or_create(&ctx, "slack", "thread-1", json!({}))
+            .await?;
+        assert!(!created);
+        assert_eq!(first.id, second.id);
+        let statements = scoped_statements(db, tenant);
+        assert_eq!(statements.len(), 4);
+        for insert in [&statements[0], &statements[2]] {
+            assert!(
+                insert.sql.ends_with(
+                    "ON CONFLICT (\"tenant_id\", \"channel\", \"external_id\") DO NOTHING"
+                ),
+                "{}",
+                insert.sql
+            );
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn append_message_updates_then_inserts_in_one_transaction() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
+            .append_query_results([[message_row(tenant, id)]])
+            .into_connection();
+        ConversationRepository::new(&db)
+            .append_message(&ctx, id, NewMessage::new("user", "hello"))
+            .await?;
+        let log = db.into_transaction_log();
+        assert_eq!(log.len(), 1, "one transaction: {log:?}");
+        let sql: Vec<&str> = log[0].statements().iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(sql.len(), 4, "{sql:?}");
+        assert_eq!(sql[0], "BEGIN");
+        assert!(sql[1].starts_with("UPDATE \"conversations\""), "{}", sql[1]);
+        assert!(
+            sql[1].contains("\"status\" = $4::\"conversation_status\""),
+            "{}",
+            sql[1]
+        );
+        assert!(sql[2].starts_with("INSERT INTO \"messages\""), "{}", sql[2]);
+        assert_eq!(sql[3], "COMMIT");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn append_message_statements_name_the_tenant() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
+            .append_query_results([[message_row(tenant, id)]])
+            .into_connection();
+        ConversationRepository::new(&db)
+            .append_message(&ctx, id, NewMessage::new("user", "hello"))
+            .await?;
+        assert_eq!(scoped_statements(db, tenant).len(), 2);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn append_message_to_a_closed_conversation_diagnoses_and_inserts_nothing() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
+            .append_query_results([[conversation_row(tenant, id, "CLOSED")]])
+            .into_connection();
+        let error = ConversationRepository::new(&db)
+            .append_message(&ctx, id, NewMessage::new("user", "hello"))
+            .await
+            .expect_err("a closed conversation takes no message");
+        assert!(
+            matches!(&error, Error::InvalidState { state, action, .. }
+                if state == "CLOSED" && *action == "append a message to"),
+            "{error:?}"
+        );
+        let statements = scoped_statements(db, tenant);
+        assert_eq!(statements.len(), 2);
+        assert!(statements[0].sql.starts_with("UPDATE"));
+        assert!(statements[1].sql.starts_with("SELECT"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn list_messages_pages_by_created_at_and_id() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([[message_row(tenant, id), message_row(tenant, id)]])
+            .into_connection();
+        let cursor = TimeCursor {
+            created_at: time(),
+            id: Uuid::now_v7(),
+        };
+        let page = ConversationRepository::new(&db)
+            .list_messages(&ctx, id, &PageRequest::after(cursor, 1))
+            .await?;
+        assert_eq!(page.items.len(), 1);
+        assert!(page.next.is_some());
+        let statements = scoped_statements(db, tenant);
+        assert_eq!(statements.len(), 1);
+        let sql = &statements[0].sql;
+        assert!(
+            sql.contains("(\"messages\".\"created_at\", \"messages\".\"id\") > ($"),
+            "{sql}"
+        );
+        assert!(
+            sql.ends_with(
+                "ORDER BY \"messages\".\"created_at\" ASC, \"messages\".\"id\" ASC LIMIT $5"
+            ),
+            "{sql}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn close_is_guarded_and_diagnosed_in_the_tenant() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([[conversation_row(tenant, id, "CLOSED")]])
+            .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
+            .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
+            .into_connection();
+        let repo = ConversationRepository::new(&db);
+        repo.close(&ctx, id).await?;
+        let error = repo.close(&ctx, id).await.expect_err("missing");
+        assert!(
+            matches!(
+                error,
+                Error::NotFound {
+                    entity: "conversation",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        let statements = scoped_statements(db, tenant);
+        assert_eq!(statements.len(), 3);
+        assert!(statements[0].sql.starts_with("UPDATE \"conversations\""));
+        assert!(statements[0].sql.contains("RETURNING"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn archive_is_guarded_and_keeps_closed_at() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([[conversation_row(tenant, id, "ARCHIVED")]])
+            .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
+            .append_query_results([[conversation_row(tenant, id, "ARCHIVED")]])
+            .into_connection();
+        let repo = ConversationRepository::new(&db);
+        repo.archive(&ctx, id).await?;
+        let error = repo.archive(&ctx, id).await.expect_err("archived already");
+        assert!(
+            matches!(&error, Error::InvalidState { state, action: "archive", .. }
+                if state == "ARCHIVED"),
+            "{error:?}"
+        );
+        let statements = scoped_statements(db, tenant);
+        assert_eq!(statements.len(), 3);
+        assert!(
+            statements[0]
+                .sql
+                .contains("\"closed_at\" = COALESCE(\"closed_at\", $"),
+            "{}",
+            statements[0].sql
+        );
+        assert!(statements[0].sql.contains("\"status\" IN ("));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn list_tasks_pages_by_id() -> Result<()> {
+        let ctx = ctx()?;
+        let tenant = ctx.tenant_id();
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres)
+            .append_query_results([[task_row(tenant, id)]])
+            .into_connection();
+        let page = ConversationRepository::new(&db)
+            .list_tasks(&ctx, id, &PageRequest::after(Uuid::now_v7(), 10))
+            .await?;
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.next, None);
+        let statements = scoped_statements(db, tenant);
+        assert_eq!(statements.len(), 1);
+        assert!(statements[0].sql.contains("\"tasks\".\"id\" > $"));
+        Ok(())
+    }
+
+    #[test]
+    fn the_tenant_check_catches_a_statement_without_it() {
+        let tenant = Uuid::now_v7();
+        let unscoped = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT * FROM \"conversations\" WHERE \"id\" = $1",
+            [Value::from(tenant)],
+        );
+        assert!(!names_tenant(&unscoped, tenant));
+        let other = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT * FROM \"conversations\" WHERE \"tenant_id\" = $1",
+            [Value::from(Uuid::now_v7())],
+        );
+        assert!(!names_tenant(&other, tenant));
+        let scoped = Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT * FROM \"conversations\" WHERE \"id\" = $1 AND \"tenant_id\" = $2",
+            [Value::from(Uuid::now_v7()), Value::from(tenant)],
+        );
+        assert!(names_tenant(&scoped, tenant));
+    }
+}
