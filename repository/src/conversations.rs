@@ -446,15 +446,14 @@ fn new_row(
     }
 }
 
-/// Names the tenant's foreign key when the driver (SQLite) names none: the only foreign key a
-/// conversation has is its tenant's.
+/// Names the tenant's foreign key on a refused reference: SQLite names no constraint (and the
+/// call site may have named its unique key instead), and a conversation has no other foreign key.
 fn tenant_reference(error: Error) -> Error {
-    if error.is_unnamed_reference() {
-        Error::Reference {
+    match error {
+        Error::Reference { .. } => Error::Reference {
             constraint: TENANT_FKEY.to_owned(),
-        }
-    } else {
-        error
+        },
+        other => other,
     }
 }
 
