@@ -25,6 +25,7 @@
 pub mod audit;
 pub mod connect;
 pub mod context;
+pub mod conversations;
 pub mod error;
 pub mod groups;
 pub mod page;
@@ -38,6 +39,7 @@ pub mod validate;
 pub use audit::{AuditQuery, AuditRepository, NewAuditEvent, RECORD_MANY_MAX};
 pub use connect::{DbConfig, connect};
 pub use context::{Actor, ActorKind, RequestContext};
+pub use conversations::{ConversationRepository, NewConversation, NewMessage};
 pub use error::{Error, Result, TaskAction};
 pub use groups::{GroupRepository, GroupUpdate, MemberWorkload, NewGroup};
 pub use page::{Page, PageRequest, TimeCursor};
