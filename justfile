@@ -102,6 +102,17 @@ migrate-roundtrip:
     done
     cargo run -q -p orkestra-migration -- -u "$url" up
 
+# Run the quickstart on in-memory SQLite, then on a scratch PostgreSQL database (DATABASE_URL's server)
+quickstart:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    echo "== quickstart on SQLite (DATABASE_URL unset)"
+    env -u DATABASE_URL cargo run -q --example quickstart
+    url=$(cargo run -q -p orkestra-tests --bin scratch-db -- create --pid $$)
+    trap 'cargo run -q -p orkestra-tests --bin scratch-db -- drop "$url"' EXIT
+    echo "== quickstart on PostgreSQL (a scratch database)"
+    DATABASE_URL="$url" cargo run -q --example quickstart
+
 # Drop the databases that exited test runs left on DATABASE_URL's server
 sweep:
     cargo run -q -p orkestra-tests --bin scratch-db -- sweep
