@@ -223,12 +223,13 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             .ok_or_else(|| Error::not_found("group", id))
     }
 
-    /// Deletes a group and its memberships. A group that tasks are assigned to cannot be deleted:
-    /// reassign or finish them first.
+    /// Deletes a group and its memberships. A group that any task names, open or finished, cannot
+    /// be deleted: a finished task keeps the group it was for, and only open tasks can be
+    /// reassigned.
     ///
     /// # Errors
     /// - [`Error::NotFound`]: no such group in the tenant;
-    /// - [`Error::Reference`] ([`TASK_GROUP_FKEY`]): tasks are assigned to the group;
+    /// - [`Error::Reference`] ([`TASK_GROUP_FKEY`]): a task (open or finished) names the group;
     /// - [`Error::Db`].
     pub async fn delete(&self, ctx: &RequestContext, id: Uuid) -> Result<()> {
         let deleted = scope::delete_many::<groups::Entity>(ctx)
