@@ -67,14 +67,10 @@ async fn stored(
     )
 }
 
-/// Asserts that two rows are equal but for `updated_at`, which SQLite's trigger moves a
-/// millisecond past a returned value when two updates fall within one millisecond.
+/// Asserts that a row a repository returned is the row as stored, `updated_at` included.
 #[track_caller]
 fn assert_same_row(returned: &conversations::Model, stored: &conversations::Model) {
-    let mut returned = returned.clone();
-    assert!(stored.updated_at >= returned.updated_at, "{stored:?}");
-    returned.updated_at = stored.updated_at;
-    assert_eq!(&returned, stored);
+    assert_eq!(returned, stored);
 }
 
 #[track_caller]

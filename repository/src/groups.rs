@@ -223,12 +223,13 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             .ok_or_else(|| Error::not_found("group", id))
     }
 
-    /// Deletes a group and its memberships. A group that tasks are assigned to cannot be deleted:
-    /// reassign or finish them first.
+    /// Deletes a group and its memberships. A group that any task names, open or finished, cannot
+    /// be deleted: a finished task keeps the group it was for, and only open tasks can be
+    /// reassigned.
     ///
     /// # Errors
     /// - [`Error::NotFound`]: no such group in the tenant;
-    /// - [`Error::Reference`] ([`TASK_GROUP_FKEY`]): tasks are assigned to the group;
+    /// - [`Error::Reference`] ([`TASK_GROUP_FKEY`]): a task (open or finished) names the group;
     /// - [`Error::Db`].
     pub async fn delete(&self, ctx: &RequestContext, id: Uuid) -> Result<()> {
         let deleted = scope::delete_many::<groups::Entity>(ctx)
@@ -392,5 +393,386 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         QueryTrait::query(&mut select).join(JoinType::LeftJoin, tasks::Entity, on);
         let rows = select.into_model::<MemberWorkload>().all(self.db).await?;
         Ok(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use sea_orm::Value;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::testing::{
+        affected, assert_scoped, ctx, group_row, inserted, none, param, postgres, statements,
+        user_row,
+    };
+
+    #[tokio::test]
+    async fn create_inserts_into_the_contexts_tenant() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let db = postgres()
+            .append_query_results([vec![group_row(tenant, Uuid::now_v7())]])
+            .into_connection();
+        let mut group = NewGroup::new(" Reviewers ", "reviewers");
+        group.description = Some(" Reviews things ".to_owned());
+        let created = GroupRepository::new(&db)
+            .create(&ctx(tenant), group)
+            .await?;
+        assert_eq!(created.tenant_id, tenant);
+
+        let log = statements(db);
+        assert_eq!(log.len(), 1);
+        assert_eq!(assert_scoped(&log[0], tenant), 0);
+        assert!(
+            log[0].sql.starts_with("INSERT INTO \"groups\""),
+            "{}",
+            log[0].sql
+        );
+        assert_eq!(inserted(&log[0], "name"), &Value::from("Reviewers"));
+        assert_eq!(inserted(&log[0], "slug"), &Value::from("reviewers"));
+        assert_eq!(
+            inserted(&log[0], "description"),
+            &Value::from("Reviews things")
+        );
+        assert_eq!(
+            inserted(&log[0], "assignment_strategy"),
+            &Value::from("ROUND_ROBIN")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn refused_arguments_send_nothing() {
+        let ctx = ctx(Uuid::now_v7());
+        let db = postgres().into_connection();
+        let groups = GroupRepository::new(&db);
+        for group in [
+            NewGroup::new("", "reviewers"),
+            NewGroup::new("Reviewers", "Reviewers"),
+            NewGroup {
+                description: Some("a\0b".to_owned()),
+                ..NewGroup::new("Reviewers", "reviewers")
+            },
+        ] {
+            let result = groups.create(&ctx, group.clone()).await;
+            assert!(
+                matches!(result, Err(Error::Validation { .. })),
+                "{group:?}: {result:?}"
+            );
+        }
+        let result = groups.find_by_slug(&ctx, "-bad-").await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation { field: "slug", .. })
+        ));
+        let result = groups
+            .update(&ctx, Uuid::now_v7(), GroupUpdate::default())
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation {
+                field: "update",
+                ..
+            })
+        ));
+        let result = groups.list(&ctx, &PageRequest::first(501)).await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation { field: "limit", .. })
+        ));
+        let result = groups
+            .list_members(&ctx, Uuid::now_v7(), &PageRequest::first(0))
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation { field: "limit", .. })
+        ));
+        assert!(
+            statements(db).is_empty(),
+            "a refused call reached the database"
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_are_scoped() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        let after = Uuid::now_v7();
+        let ctx = ctx(tenant);
+        let db = postgres()
+            .append_query_results([vec![group_row(tenant, id)]])
+            .append_query_results([vec![group_row(tenant, id)]])
+            .append_query_results([vec![group_row(tenant, id)]])
+            .into_connection();
+        let groups = GroupRepository::new(&db);
+        assert!(groups.find_by_id(&ctx, id).await?.is_some());
+        assert!(groups.find_by_slug(&ctx, "reviewers").await?.is_some());
+        let page = groups.list(&ctx, &PageRequest::after(after, 1)).await?;
+        assert_eq!(page.items.len(), 1);
+        assert_eq!(page.next, None);
+
+        let log = statements(db);
+        assert_eq!(log.len(), 3);
+        for statement in &log {
+            assert!(statement.sql.starts_with("SELECT"), "{}", statement.sql);
+            assert_eq!(assert_scoped(statement, tenant), 1);
+        }
+        assert!(
+            log[0].sql.contains("\"groups\".\"id\" = $2"),
+            "{}",
+            log[0].sql
+        );
+        assert_eq!(param(&log[0], 2), &Value::from(id));
+        assert!(
+            log[1].sql.contains("\"groups\".\"slug\" = $2"),
+            "{}",
+            log[1].sql
+        );
+        assert_eq!(param(&log[1], 2), &Value::from("reviewers"));
+        let sql = &log[2].sql;
+        assert!(sql.contains("\"groups\".\"id\" > $2"), "{sql}");
+        assert!(
+            sql.ends_with("ORDER BY \"groups\".\"id\" ASC LIMIT $3"),
+            "{sql}"
+        );
+        assert_eq!(param(&log[2], 2), &Value::from(after));
+        assert_eq!(param(&log[2], 3), &Value::from(2_u64));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn update_is_one_scoped_statement() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        let db = postgres()
+            .append_query_results([vec![group_row(tenant, id)]])
+            .append_query_results([none()])
+            .into_connection();
+        let groups = GroupRepository::new(&db);
+        let update = GroupUpdate {
+            name: None,
+            description: Some(None),
+            assignment_strategy: Some(AssignmentStrategy::LoadBalanced),
+        };
+        groups.update(&ctx(tenant), id, update.clone()).await?;
+        let missing = groups.update(&ctx(tenant), id, update).await;
+        assert!(
+            matches!(
+                missing,
+                Err(Error::NotFound {
+                    entity: "group",
+                    ..
+                })
+            ),
+            "{missing:?}"
+        );
+
+        let log = statements(db);
+        assert_eq!(log.len(), 2, "a miss is not looked up again");
+        for statement in &log {
+            let sql = &statement.sql;
+            assert!(sql.starts_with("UPDATE \"groups\" SET \"description\" = $1, \"assignment_strategy\" = $2::\"assignment_strategy\", \"updated_at\" = $3"), "{sql}");
+            assert_eq!(assert_scoped(statement, tenant), 1);
+            assert!(sql.contains("\"groups\".\"id\" = $5"), "{sql}");
+            // Removing the description writes NULL.
+            assert_eq!(param(statement, 1), &Value::String(None));
+            assert_eq!(param(statement, 2), &Value::from("LOAD_BALANCED"));
+            assert_eq!(param(statement, 5), &Value::from(id));
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn delete_is_scoped_and_reports_a_miss() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        let db = postgres()
+            .append_exec_results([affected(1), affected(0)])
+            .into_connection();
+        let groups = GroupRepository::new(&db);
+        groups.delete(&ctx(tenant), id).await?;
+        let missing = groups.delete(&ctx(tenant), id).await;
+        assert!(
+            matches!(missing, Err(Error::NotFound { .. })),
+            "{missing:?}"
+        );
+
+        let log = statements(db);
+        assert_eq!(log.len(), 2);
+        for statement in &log {
+            assert!(
+                statement.sql.starts_with("DELETE FROM \"groups\""),
+                "{}",
+                statement.sql
+            );
+            assert_eq!(assert_scoped(statement, tenant), 1);
+            assert_eq!(param(statement, 2), &Value::from(id));
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn membership_writes_are_scoped() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let (group, user) = (Uuid::now_v7(), Uuid::now_v7());
+        let ctx = ctx(tenant);
+        let db = postgres()
+            .append_exec_results([affected(1), affected(0), affected(1), affected(0)])
+            .into_connection();
+        let groups = GroupRepository::new(&db);
+        assert!(groups.add_member(&ctx, group, user).await?);
+        // A conflict inserts nothing: already a member.
+        assert!(!groups.add_member(&ctx, group, user).await?);
+        assert!(groups.remove_member(&ctx, group, user).await?);
+        assert!(!groups.remove_member(&ctx, group, user).await?);
+
+        let log = statements(db);
+        assert_eq!(log.len(), 4);
+        for insert in &log[..2] {
+            assert!(
+                insert.sql.starts_with("INSERT INTO \"group_members\"")
+                    && insert.sql.ends_with(
+                        "ON CONFLICT (\"tenant_id\", \"group_id\", \"user_id\") DO NOTHING"
+                    ),
+                "{}",
+                insert.sql
+            );
+            assert_scoped(insert, tenant);
+            assert_eq!(inserted(insert, "group_id"), &Value::from(group));
+            assert_eq!(inserted(insert, "user_id"), &Value::from(user));
+        }
+        for delete in &log[2..] {
+            let sql = &delete.sql;
+            assert!(sql.starts_with("DELETE FROM \"group_members\""), "{sql}");
+            assert_eq!(assert_scoped(delete, tenant), 1);
+            assert!(sql.contains("\"group_members\".\"group_id\" = $2"), "{sql}");
+            assert!(sql.contains("\"group_members\".\"user_id\" = $3"), "{sql}");
+            assert_eq!(param(delete, 2), &Value::from(group));
+            assert_eq!(param(delete, 3), &Value::from(user));
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn membership_lists_scope_their_subqueries_too() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let (group, user, after) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+        let ctx = ctx(tenant);
+        let db = postgres()
+            .append_query_results([vec![user_row(tenant, user)]])
+            .append_query_results([vec![group_row(tenant, group)]])
+            .into_connection();
+        let groups = GroupRepository::new(&db);
+        let members = groups
+            .list_members(&ctx, group, &PageRequest::after(after, 10))
+            .await?;
+        assert_eq!(members.items.len(), 1);
+        let of_user = groups.list_user_groups(&ctx, user).await?;
+        assert_eq!(of_user.len(), 1);
+
+        let log = statements(db);
+        assert_eq!(log.len(), 2);
+        // One predicate for the outer table and one inside the membership subquery.
+        let members = &log[0];
+        assert_eq!(assert_scoped(members, tenant), 2);
+        let sql = &members.sql;
+        assert!(
+            sql.contains(
+                "\"users\".\"id\" IN (SELECT \"group_members\".\"user_id\" FROM \"group_members\" \
+                 WHERE \"group_members\".\"tenant_id\" = $2 AND \"group_members\".\"group_id\" = $3)"
+            ),
+            "{sql}"
+        );
+        assert_eq!(param(members, 3), &Value::from(group));
+        assert!(sql.contains("\"users\".\"id\" > $4"), "{sql}");
+        assert_eq!(param(members, 4), &Value::from(after));
+        assert!(
+            sql.ends_with("ORDER BY \"users\".\"id\" ASC LIMIT $5"),
+            "{sql}"
+        );
+
+        let user_groups = &log[1];
+        assert_eq!(assert_scoped(user_groups, tenant), 2);
+        let sql = &user_groups.sql;
+        assert!(
+            sql.contains(
+                "\"groups\".\"id\" IN (SELECT \"group_members\".\"group_id\" FROM \"group_members\" \
+                 WHERE \"group_members\".\"tenant_id\" = $2 AND \"group_members\".\"user_id\" = $3)"
+            ),
+            "{sql}"
+        );
+        assert_eq!(param(user_groups, 3), &Value::from(user));
+        assert!(sql.ends_with("ORDER BY \"groups\".\"id\" ASC"), "{sql}");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn member_workloads_ties_the_joined_tasks_to_the_tenant() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let group = Uuid::now_v7();
+        let (idle, busy) = (Uuid::now_v7(), Uuid::now_v7());
+        let row = |user: Uuid, open: i64| {
+            BTreeMap::from([
+                ("user_id", Value::from(user)),
+                ("open_tasks", Value::from(open)),
+            ])
+        };
+        let db = postgres()
+            .append_query_results([vec![row(idle, 0), row(busy, 3)]])
+            .into_connection();
+        let workloads = GroupRepository::new(&db)
+            .member_workloads(&ctx(tenant), group)
+            .await?;
+        assert_eq!(
+            workloads,
+            [
+                MemberWorkload {
+                    user_id: idle,
+                    open_tasks: 0
+                },
+                MemberWorkload {
+                    user_id: busy,
+                    open_tasks: 3
+                },
+            ]
+        );
+
+        let log = statements(db);
+        assert_eq!(log.len(), 1, "one statement");
+        let statement = &log[0];
+        assert_eq!(assert_scoped(statement, tenant), 1);
+        let sql = &statement.sql;
+        assert!(
+            sql.contains(
+                "FROM \"group_members\" LEFT JOIN \"tasks\" ON \"tasks\".\"tenant_id\" = \
+                 \"group_members\".\"tenant_id\" AND"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains(
+                "COALESCE(\"tasks\".\"claimed_by\", \"tasks\".\"assigned_user_id\") = \
+                 \"group_members\".\"user_id\""
+            ),
+            "{sql}"
+        );
+        assert!(sql.contains("\"group_members\".\"group_id\" = $6"), "{sql}");
+        assert_eq!(param(statement, 6), &Value::from(group));
+        // The open statuses, and only those, count.
+        let open: Vec<_> = (1..=4).map(|n| param(statement, n).clone()).collect();
+        assert_eq!(
+            open,
+            ["CREATED", "ASSIGNED", "CLAIMED", "ESCALATED"].map(Value::from)
+        );
+        assert!(
+            sql.ends_with(
+                "GROUP BY \"group_members\".\"user_id\" ORDER BY COUNT(\"tasks\".\"id\") ASC, \
+                 \"group_members\".\"user_id\" ASC"
+            ),
+            "{sql}"
+        );
+        Ok(())
     }
 }

@@ -32,6 +32,8 @@ pub mod page;
 pub mod scope;
 pub mod tasks;
 pub mod tenants;
+#[cfg(test)]
+mod testing;
 pub mod tx;
 pub mod users;
 pub mod validate;

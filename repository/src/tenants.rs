@@ -268,3 +268,222 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::Value;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::testing::{assert_system, inserted, none, param, postgres, statements, tenant_row};
+
+    #[tokio::test]
+    async fn create_and_reads_stay_on_the_tenants_table() -> anyhow::Result<()> {
+        let id = Uuid::now_v7();
+        let after = Uuid::now_v7();
+        let db = postgres()
+            .append_query_results([vec![tenant_row(id, "ACTIVE")]])
+            .append_query_results([vec![tenant_row(id, "ACTIVE")]])
+            .append_query_results([none()])
+            .append_query_results([vec![tenant_row(id, "SUSPENDED")]])
+            .into_connection();
+        let tenants = TenantRepository::new(&db);
+        let mut tenant = NewTenant::new(" Acme ", "acme");
+        tenant.limits = Some(json!({"users": 10}));
+        tenants.create(tenant).await?;
+        assert!(tenants.find_by_id(id).await?.is_some());
+        assert!(tenants.find_by_slug("acme").await?.is_none());
+        let page = tenants
+            .list(Some(TenantStatus::Suspended), &PageRequest::after(after, 7))
+            .await?;
+        assert_eq!(page.items[0].status, TenantStatus::Suspended);
+
+        let log = statements(db);
+        assert_eq!(log.len(), 4);
+        log.iter().for_each(assert_system);
+        let insert = &log[0];
+        assert!(
+            insert.sql.starts_with("INSERT INTO \"tenants\""),
+            "{}",
+            insert.sql
+        );
+        assert_eq!(inserted(insert, "name"), &Value::from("Acme"));
+        assert_eq!(inserted(insert, "status"), &Value::from("ACTIVE"));
+        assert_eq!(inserted(insert, "config"), &Value::from(json!({})));
+        assert_eq!(
+            inserted(insert, "limits"),
+            &Value::from(json!({"users": 10}))
+        );
+        assert!(
+            log[1].sql.contains("WHERE \"tenants\".\"id\" = $1"),
+            "{}",
+            log[1].sql
+        );
+        assert_eq!(param(&log[1], 1), &Value::from(id));
+        assert!(
+            log[2].sql.contains("WHERE \"tenants\".\"slug\" = $1"),
+            "{}",
+            log[2].sql
+        );
+        let sql = &log[3].sql;
+        assert!(
+            sql.contains(
+                "WHERE \"tenants\".\"status\" = $1::\"tenant_status\" AND \"tenants\".\"id\" > $2 \
+                 ORDER BY \"tenants\".\"id\" ASC LIMIT $3"
+            ),
+            "{sql}"
+        );
+        assert_eq!(param(&log[3], 1), &Value::from("SUSPENDED"));
+        assert_eq!(param(&log[3], 3), &Value::from(8_u64));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn refused_arguments_send_nothing() {
+        let db = postgres().into_connection();
+        let tenants = TenantRepository::new(&db);
+        let mut bad_config = NewTenant::new("Acme", "acme");
+        bad_config.config = Some(json!("x"));
+        for tenant in [NewTenant::new("Acme", "ac--me"), bad_config] {
+            let result = tenants.create(tenant.clone()).await;
+            assert!(
+                matches!(result, Err(Error::Validation { .. })),
+                "{tenant:?}: {result:?}"
+            );
+        }
+        let result = tenants.find_by_slug("Acme").await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation { field: "slug", .. })
+        ));
+        let result = tenants
+            .update(Uuid::now_v7(), TenantUpdate::default())
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation {
+                field: "update",
+                ..
+            })
+        ));
+        let result = tenants.list(None, &PageRequest::first(0)).await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation { field: "limit", .. })
+        ));
+        assert!(
+            statements(db).is_empty(),
+            "a refused call reached the database"
+        );
+    }
+
+    /// The `status IN (...)` labels a guarded statement accepts, read from its placeholders.
+    fn guard(statement: &sea_orm::Statement) -> Vec<Value> {
+        let sql = &statement.sql;
+        let start = sql
+            .find("\"tenants\".\"status\" IN (")
+            .expect("a status guard");
+        let list = &sql[start..start + sql[start..].find(')').expect("a closed list")];
+        list.split('$')
+            .skip(1)
+            .map(|p| {
+                let n: String = p.chars().take_while(char::is_ascii_digit).collect();
+                param(statement, n.parse().expect("a placeholder")).clone()
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn status_changes_are_one_guarded_statement() -> anyhow::Result<()> {
+        let id = Uuid::now_v7();
+        let db = postgres()
+            .append_query_results([vec![tenant_row(id, "SUSPENDED")]])
+            .append_query_results([vec![tenant_row(id, "ACTIVE")]])
+            .append_query_results([vec![tenant_row(id, "DELETED")]])
+            .append_query_results([vec![tenant_row(id, "ACTIVE")]])
+            .into_connection();
+        let tenants = TenantRepository::new(&db);
+        tenants.suspend(id).await?;
+        tenants.reactivate(id).await?;
+        tenants.soft_delete(id).await?;
+        let update = TenantUpdate {
+            name: Some("Acme Corp".to_owned()),
+            config: None,
+            limits: Some(None),
+        };
+        tenants.update(id, update).await?;
+
+        let log = statements(db);
+        assert_eq!(log.len(), 4, "nothing is read when the write succeeds");
+        let live = ["ACTIVE", "SUSPENDED"].map(Value::from).to_vec();
+        let expected = [
+            (
+                "\"status\" = $1::\"tenant_status\"",
+                "SUSPENDED",
+                live.clone(),
+            ),
+            ("\"status\" = $1::\"tenant_status\"", "ACTIVE", live.clone()),
+            (
+                "\"status\" = $1::\"tenant_status\"",
+                "DELETED",
+                ["ACTIVE", "SUSPENDED", "DELETED"].map(Value::from).to_vec(),
+            ),
+            ("\"name\" = $1", "Acme Corp", live),
+        ];
+        for (statement, (set, value, from)) in log.iter().zip(expected) {
+            assert_system(statement);
+            let sql = &statement.sql;
+            assert!(sql.starts_with("UPDATE \"tenants\" SET"), "{sql}");
+            assert!(sql.contains(set), "{sql}");
+            assert!(sql.contains("\"updated_at\" = $"), "{sql}");
+            assert!(sql.contains("\"tenants\".\"id\" = $"), "{sql}");
+            assert!(sql.contains("RETURNING"), "{sql}");
+            assert_eq!(param(statement, 1), &Value::from(value));
+            assert_eq!(guard(statement), from, "{sql}");
+        }
+        // Removing the limits writes NULL.
+        assert!(log[3].sql.contains("\"limits\" = $2"), "{}", log[3].sql);
+        assert_eq!(param(&log[3], 2), &Value::Json(None));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_refused_status_change_reads_the_tenant_once_to_say_why() {
+        let (deleted, missing) = (Uuid::now_v7(), Uuid::now_v7());
+        let db = postgres()
+            .append_query_results([none(), vec![tenant_row(deleted, "DELETED")]])
+            .append_query_results([none(), none()])
+            .into_connection();
+        let tenants = TenantRepository::new(&db);
+        let result = tenants.suspend(deleted).await;
+        assert!(
+            matches!(
+                &result,
+                Err(Error::InvalidState { entity: "tenant", state, action: "suspend", .. })
+                    if state == "DELETED"
+            ),
+            "{result:?}"
+        );
+        let result = tenants.reactivate(missing).await;
+        assert!(
+            matches!(
+                result,
+                Err(Error::NotFound {
+                    entity: "tenant",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+
+        let log = statements(db);
+        assert_eq!(log.len(), 4);
+        log.iter().for_each(assert_system);
+        assert!(log[0].sql.starts_with("UPDATE"), "{}", log[0].sql);
+        assert!(log[1].sql.starts_with("SELECT"), "{}", log[1].sql);
+        assert_eq!(param(&log[1], 1), &Value::from(deleted));
+        assert!(log[2].sql.starts_with("UPDATE"), "{}", log[2].sql);
+        assert_eq!(param(&log[3], 1), &Value::from(missing));
+    }
+}

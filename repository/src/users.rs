@@ -253,3 +253,270 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
             .ok_or_else(|| Error::not_found("user", id))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use orkestra_entity::sea_orm_active_enums::{UserRole, UserStatus};
+    use sea_orm::Value;
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::testing::{
+        assert_scoped, ctx, inserted, none, param, postgres, statements, user_row,
+    };
+
+    #[tokio::test]
+    async fn create_inserts_into_the_contexts_tenant() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let db = postgres()
+            .append_query_results([vec![user_row(tenant, Uuid::now_v7())]])
+            .into_connection();
+        let user = UserRepository::new(&db)
+            .create(&ctx(tenant), NewUser::new("  Ada@Example.COM ", " Ada "))
+            .await?;
+        assert_eq!(user.tenant_id, tenant);
+
+        let log = statements(db);
+        assert_eq!(log.len(), 1);
+        assert_eq!(assert_scoped(&log[0], tenant), 0);
+        assert!(log[0].sql.contains("RETURNING"), "{}", log[0].sql);
+        assert_eq!(inserted(&log[0], "email"), &Value::from("ada@example.com"));
+        assert_eq!(inserted(&log[0], "name"), &Value::from("Ada"));
+        assert_eq!(inserted(&log[0], "role"), &Value::from("MEMBER"));
+        assert_eq!(inserted(&log[0], "status"), &Value::from("ACTIVE"));
+        assert_eq!(inserted(&log[0], "preferences"), &Value::from(json!({})));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn refused_arguments_send_nothing() {
+        let tenant = Uuid::now_v7();
+        let ctx = ctx(tenant);
+        let db = postgres().into_connection();
+        let users = UserRepository::new(&db);
+        let mut bad_preferences = NewUser::new("ada@example.com", "Ada");
+        bad_preferences.preferences = Some(json!([1]));
+        for user in [
+            NewUser::new("ada", "Ada"),
+            NewUser::new("ada@example.com", " "),
+            bad_preferences,
+        ] {
+            let result = users.create(&ctx, user.clone()).await;
+            assert!(
+                matches!(result, Err(Error::Validation { .. })),
+                "{user:?}: {result:?}"
+            );
+        }
+        let result = users.find_by_email(&ctx, "not an email").await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation { field: "email", .. })
+        ));
+        let result = users
+            .update(&ctx, Uuid::now_v7(), UserUpdate::default())
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation {
+                field: "update",
+                ..
+            })
+        ));
+        let result = users
+            .list(&ctx, &UserFilter::default(), &PageRequest::first(0))
+            .await;
+        assert!(matches!(
+            result,
+            Err(Error::Validation { field: "limit", .. })
+        ));
+        assert!(
+            statements(db).is_empty(),
+            "a refused call reached the database"
+        );
+    }
+
+    #[tokio::test]
+    async fn find_by_id_and_email_are_scoped() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        let db = postgres()
+            .append_query_results([vec![user_row(tenant, id)]])
+            .append_query_results([none()])
+            .into_connection();
+        let users = UserRepository::new(&db);
+        assert_eq!(
+            users.find_by_id(&ctx(tenant), id).await?.map(|u| u.id),
+            Some(id)
+        );
+        assert_eq!(
+            users
+                .find_by_email(&ctx(tenant), " ADA@example.com")
+                .await?,
+            None
+        );
+
+        let log = statements(db);
+        assert_eq!(log.len(), 2);
+        for statement in &log {
+            assert!(statement.sql.starts_with("SELECT"), "{}", statement.sql);
+            assert_eq!(assert_scoped(statement, tenant), 1);
+        }
+        assert!(
+            log[0].sql.contains("\"users\".\"id\" = $2"),
+            "{}",
+            log[0].sql
+        );
+        assert_eq!(param(&log[0], 2), &Value::from(id));
+        // Compared as stored: trimmed and lower-cased.
+        assert!(
+            log[1].sql.contains("\"users\".\"email\" = $2"),
+            "{}",
+            log[1].sql
+        );
+        assert_eq!(param(&log[1], 2), &Value::from("ada@example.com"));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn list_is_scoped_filtered_and_keyset_paged() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let after = Uuid::now_v7();
+        let ids = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
+        let db = postgres()
+            // One row more than the limit: the page says another follows.
+            .append_query_results([ids
+                .iter()
+                .map(|&id| user_row(tenant, id))
+                .collect::<Vec<_>>()])
+            .append_query_results([none()])
+            .into_connection();
+        let users = UserRepository::new(&db);
+        let filter = UserFilter {
+            role: Some(UserRole::Admin),
+            status: Some(UserStatus::Inactive),
+        };
+        let page = users
+            .list(&ctx(tenant), &filter, &PageRequest::after(after, 2))
+            .await?;
+        assert_eq!(
+            page.items.iter().map(|u| u.id).collect::<Vec<_>>(),
+            ids[..2]
+        );
+        assert_eq!(page.next, Some(ids[1]));
+        let page = users
+            .list(&ctx(tenant), &UserFilter::default(), &PageRequest::first(5))
+            .await?;
+        assert_eq!(page.next, None);
+
+        let log = statements(db);
+        assert_eq!(log.len(), 2);
+        let filtered = &log[0];
+        assert_eq!(assert_scoped(filtered, tenant), 1);
+        let sql = &filtered.sql;
+        assert!(
+            sql.contains("\"users\".\"role\" = $2::\"user_role\""),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("\"users\".\"status\" = $3::\"user_status\""),
+            "{sql}"
+        );
+        assert!(sql.contains("\"users\".\"id\" > $4"), "{sql}");
+        assert!(
+            sql.ends_with("ORDER BY \"users\".\"id\" ASC LIMIT $5"),
+            "{sql}"
+        );
+        assert_eq!(param(filtered, 2), &Value::from("ADMIN"));
+        assert_eq!(param(filtered, 3), &Value::from("INACTIVE"));
+        assert_eq!(param(filtered, 4), &Value::from(after));
+        assert_eq!(param(filtered, 5), &Value::from(3_u64));
+
+        let unfiltered = &log[1];
+        assert_eq!(assert_scoped(unfiltered, tenant), 1);
+        for absent in ["\"role\" =", "\"status\" =", "\"id\" >"] {
+            assert!(!unfiltered.sql.contains(absent), "{}", unfiltered.sql);
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn update_writes_one_scoped_statement() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        let db = postgres()
+            .append_query_results([vec![user_row(tenant, id)]])
+            .append_query_results([none()])
+            .into_connection();
+        let users = UserRepository::new(&db);
+        let update = UserUpdate {
+            name: Some(" Grace ".to_owned()),
+            role: Some(UserRole::Admin),
+            preferences: Some(json!({"theme": "dark"})),
+        };
+        users.update(&ctx(tenant), id, update.clone()).await?;
+        let missing = users.update(&ctx(tenant), id, update).await;
+        assert!(
+            matches!(missing, Err(Error::NotFound { entity: "user", .. })),
+            "{missing:?}"
+        );
+
+        let log = statements(db);
+        assert_eq!(log.len(), 2, "a miss is not looked up again");
+        for statement in &log {
+            let sql = &statement.sql;
+            assert!(sql.starts_with("UPDATE \"users\" SET"), "{sql}");
+            assert!(sql.contains("RETURNING"), "{sql}");
+            assert_eq!(assert_scoped(statement, tenant), 1);
+            assert!(sql.contains("\"users\".\"id\" = $5"), "{sql}");
+            assert_eq!(param(statement, 1), &Value::from("Grace"));
+            assert_eq!(param(statement, 2), &Value::from("ADMIN"));
+            assert_eq!(param(statement, 3), &Value::from(json!({"theme": "dark"})));
+            assert_eq!(param(statement, 5), &Value::from(id));
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn status_and_activity_changes_are_scoped() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let id = Uuid::now_v7();
+        let ctx = ctx(tenant);
+        let db = postgres()
+            .append_query_results([vec![user_row(tenant, id)]])
+            .append_query_results([vec![user_row(tenant, id)]])
+            .append_query_results([vec![user_row(tenant, id)]])
+            .append_query_results([none()])
+            .into_connection();
+        let users = UserRepository::new(&db);
+        users.deactivate(&ctx, id).await?;
+        users.activate(&ctx, id).await?;
+        users.record_activity(&ctx, id).await?;
+        let missing = users.deactivate(&ctx, id).await;
+        assert!(
+            matches!(missing, Err(Error::NotFound { .. })),
+            "{missing:?}"
+        );
+
+        let log = statements(db);
+        assert_eq!(log.len(), 4);
+        let expected = [
+            ("\"status\" = $1::\"user_status\"", Some("INACTIVE")),
+            ("\"status\" = $1::\"user_status\"", Some("ACTIVE")),
+            ("\"last_active_at\" = $1", None),
+            ("\"status\" = $1::\"user_status\"", Some("INACTIVE")),
+        ];
+        for (statement, (set, value)) in log.iter().zip(expected) {
+            let sql = &statement.sql;
+            assert!(sql.starts_with("UPDATE \"users\" SET"), "{sql}");
+            assert!(sql.contains(set), "{sql}");
+            assert_eq!(assert_scoped(statement, tenant), 1);
+            assert!(sql.contains("\"users\".\"id\" = $3"), "{sql}");
+            assert_eq!(param(statement, 3), &Value::from(id));
+            if let Some(value) = value {
+                assert_eq!(param(statement, 1), &Value::from(value));
+            }
+        }
+        Ok(())
+    }
+}

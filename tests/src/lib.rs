@@ -14,6 +14,7 @@
 pub mod catalog;
 pub mod fixtures;
 pub mod pg;
+pub mod repo;
 
 use std::time::Duration;
 

@@ -1,0 +1,262 @@
+//! Helpers for the `MockDatabase` unit tests: contexts, mocked rows, and reading the statements a
+//! repository call sent.
+
+use std::collections::BTreeMap;
+
+use sea_orm::{DatabaseConnection, DbBackend, MockDatabase, MockExecResult, Statement, Value};
+use uuid::Uuid;
+
+use crate::{Actor, RequestContext};
+
+/// A mocked row, keyed by column name.
+pub(crate) type Row = BTreeMap<&'static str, Value>;
+
+/// A context for `tenant`, acted on by a user.
+pub(crate) fn ctx(tenant: Uuid) -> RequestContext {
+    RequestContext::new(tenant, Actor::user(Uuid::now_v7())).expect("a non-nil tenant")
+}
+
+/// A mock PostgreSQL database; the dialect matters, since the tenant predicates are read from the
+/// SQL it renders.
+pub(crate) fn postgres() -> MockDatabase {
+    MockDatabase::new(DbBackend::Postgres)
+}
+
+/// An exec result that touched `rows` rows.
+pub(crate) fn affected(rows: u64) -> MockExecResult {
+    MockExecResult {
+        last_insert_id: 0,
+        rows_affected: rows,
+    }
+}
+
+/// No rows, typed for `append_query_results`.
+pub(crate) fn none() -> Vec<Row> {
+    Vec::new()
+}
+
+fn stamp() -> Value {
+    Value::from(chrono::Utc::now().fixed_offset())
+}
+
+/// A user row. Native-enum columns hold their labels as strings: sea-orm 2.0.4 cannot read a
+/// mocked row whose enum cell holds the Rust enum.
+pub(crate) fn user_row(tenant: Uuid, id: Uuid) -> Row {
+    BTreeMap::from([
+        ("id", Value::from(id)),
+        ("tenant_id", Value::from(tenant)),
+        ("email", Value::from("ada@example.com")),
+        ("name", Value::from("Ada")),
+        ("role", Value::from("MEMBER")),
+        ("preferences", Value::from(serde_json::json!({}))),
+        ("status", Value::from("ACTIVE")),
+        ("created_at", stamp()),
+        ("last_active_at", Value::ChronoDateTimeWithTimeZone(None)),
+    ])
+}
+
+/// A group row (see [`user_row`] for the enum cell).
+pub(crate) fn group_row(tenant: Uuid, id: Uuid) -> Row {
+    BTreeMap::from([
+        ("id", Value::from(id)),
+        ("tenant_id", Value::from(tenant)),
+        ("name", Value::from("Reviewers")),
+        ("slug", Value::from("reviewers")),
+        ("description", Value::String(None)),
+        ("assignment_strategy", Value::from("ROUND_ROBIN")),
+        ("created_at", stamp()),
+        ("updated_at", stamp()),
+    ])
+}
+
+/// A tenant row with the given status label (see [`user_row`] for the enum cell).
+pub(crate) fn tenant_row(id: Uuid, status: &'static str) -> Row {
+    BTreeMap::from([
+        ("id", Value::from(id)),
+        ("name", Value::from("Acme")),
+        ("slug", Value::from("acme")),
+        ("config", Value::from(serde_json::json!({}))),
+        ("limits", Value::Json(None)),
+        ("status", Value::from(status)),
+        ("created_at", stamp()),
+        ("updated_at", stamp()),
+    ])
+}
+
+/// Every statement the connection received, in order.
+pub(crate) fn statements(db: DatabaseConnection) -> Vec<Statement> {
+    db.into_transaction_log()
+        .iter()
+        .flat_map(|transaction| transaction.statements().to_vec())
+        .collect()
+}
+
+/// The value bound to placeholder `$n` (1-based) of `statement`.
+pub(crate) fn param(statement: &Statement, n: usize) -> &Value {
+    let values = statement.values.as_ref().expect("a statement with values");
+    values
+        .0
+        .get(n - 1)
+        .unwrap_or_else(|| panic!("no ${n} in {statement:?}"))
+}
+
+/// The placeholders compared to a `tenant_id` column, in the order they appear.
+pub(crate) fn tenant_placeholders(statement: &Statement) -> Vec<usize> {
+    const NEEDLE: &str = "\"tenant_id\" = $";
+    statement
+        .sql
+        .match_indices(NEEDLE)
+        .map(|(at, _)| {
+            let digits: String = statement.sql[at + NEEDLE.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            digits.parse().expect("a placeholder number")
+        })
+        .collect()
+}
+
+/// The tables whose rows belong to a tenant (every table but `tenants`).
+const TENANT_OWNED: [&str; 8] = [
+    "users",
+    "groups",
+    "group_members",
+    "tasks",
+    "task_history",
+    "conversations",
+    "messages",
+    "audit_events",
+];
+
+/// Asserts that `statement` is confined to `tenant`: every tenant-owned table it reads, updates or
+/// deletes from (subqueries included) is compared to a placeholder bound to `tenant`, every table it
+/// joins is tied to the tenant of the row it joins from, an insert writes `tenant`, and no
+/// `tenant_id` is compared to anything else. Returns how many tenant predicates it found.
+#[track_caller]
+pub(crate) fn assert_scoped(statement: &Statement, tenant: Uuid) -> usize {
+    let sql = &statement.sql;
+    let count = |needle: String| sql.matches(&needle).count();
+    let mut touched = 0;
+    for table in TENANT_OWNED {
+        // `DELETE FROM` counts as a `FROM`.
+        let reads = count(format!("FROM \"{table}\"")) + count(format!("UPDATE \"{table}\""));
+        let predicates = count(format!("\"{table}\".\"tenant_id\" = $"));
+        assert!(
+            predicates >= reads,
+            "{table} is read {reads} time(s) but tenant-scoped {predicates} time(s) in {sql}"
+        );
+        let joins = count(format!("JOIN \"{table}\""));
+        let tied = count(format!("\"{table}\".\"tenant_id\" = \""));
+        assert!(
+            tied >= joins,
+            "{table} is joined {joins} time(s) but tied to a tenant column {tied} time(s) in {sql}"
+        );
+        if sql.starts_with(&format!("INSERT INTO \"{table}\"")) {
+            assert_eq!(
+                inserted(statement, "tenant_id"),
+                &Value::from(tenant),
+                "the insert does not write the context's tenant: {statement:?}"
+            );
+            touched += 1;
+        }
+        touched += reads + joins;
+    }
+    assert!(touched > 0, "no tenant-owned table in {sql}");
+    let placeholders = tenant_placeholders(statement);
+    for &n in &placeholders {
+        assert_eq!(
+            param(statement, n),
+            &Value::from(tenant),
+            "${n} is not the context's tenant in {statement:?}"
+        );
+    }
+    placeholders.len()
+}
+
+/// Asserts that a system-level statement reaches `tenants` and no tenant-owned table.
+#[track_caller]
+pub(crate) fn assert_system(statement: &Statement) {
+    let sql = &statement.sql;
+    assert!(sql.contains("\"tenants\""), "not on tenants: {sql}");
+    for table in TENANT_OWNED {
+        assert!(
+            !sql.contains(&format!("\"{table}\"")),
+            "a system-level statement reaches {table}: {sql}"
+        );
+    }
+}
+
+/// The value an `INSERT` of one row writes to `column`.
+#[track_caller]
+pub(crate) fn inserted<'s>(statement: &'s Statement, column: &str) -> &'s Value {
+    let sql = &statement.sql;
+    assert!(sql.starts_with("INSERT INTO"), "not an insert: {sql}");
+    let open = sql.find('(').expect("a column list");
+    let close = open + sql[open..].find(')').expect("a column list");
+    let position = sql[open + 1..close]
+        .split(',')
+        .position(|name| name.trim() == format!("\"{column}\""))
+        .unwrap_or_else(|| panic!("{column} is not inserted by {sql}"));
+    param(statement, position + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn statement(sql: &str, values: Vec<Value>) -> Statement {
+        Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+    }
+
+    #[test]
+    fn a_scoped_statement_passes() {
+        let tenant = Uuid::now_v7();
+        let scoped = statement(
+            r#"SELECT "users"."id" FROM "users" WHERE "users"."tenant_id" = $1 AND "users"."id" IN (SELECT "group_members"."user_id" FROM "group_members" WHERE "group_members"."tenant_id" = $2)"#,
+            vec![tenant.into(), tenant.into()],
+        );
+        assert_eq!(assert_scoped(&scoped, tenant), 2);
+    }
+
+    #[test]
+    #[should_panic(expected = "group_members is read 1 time(s) but tenant-scoped 0")]
+    fn an_unscoped_subquery_fails() {
+        let tenant = Uuid::now_v7();
+        let unscoped = statement(
+            r#"SELECT "users"."id" FROM "users" WHERE "users"."tenant_id" = $1 AND "users"."id" IN (SELECT "group_members"."user_id" FROM "group_members" WHERE "group_members"."group_id" = $2)"#,
+            vec![tenant.into(), Uuid::now_v7().into()],
+        );
+        assert_scoped(&unscoped, tenant);
+    }
+
+    #[test]
+    #[should_panic(expected = "tasks is joined 1 time(s) but tied to a tenant column 0")]
+    fn an_untied_join_fails() {
+        let tenant = Uuid::now_v7();
+        let unscoped = statement(
+            r#"SELECT 1 FROM "group_members" LEFT JOIN "tasks" ON "tasks"."claimed_by" = "group_members"."user_id" WHERE "group_members"."tenant_id" = $1"#,
+            vec![tenant.into()],
+        );
+        assert_scoped(&unscoped, tenant);
+    }
+
+    #[test]
+    #[should_panic(expected = "is not the context's tenant")]
+    fn another_tenant_fails() {
+        let other = statement(
+            r#"DELETE FROM "groups" WHERE "groups"."tenant_id" = $1"#,
+            vec![Uuid::now_v7().into()],
+        );
+        assert_scoped(&other, Uuid::now_v7());
+    }
+
+    #[test]
+    #[should_panic(expected = "does not write the context's tenant")]
+    fn an_insert_for_another_tenant_fails() {
+        let insert = statement(
+            r#"INSERT INTO "users" ("id", "tenant_id") VALUES ($1, $2)"#,
+            vec![Uuid::now_v7().into(), Uuid::now_v7().into()],
+        );
+        assert_scoped(&insert, Uuid::now_v7());
+    }
+}
