@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
-use crate::page::{Page, PageRequest, TimeCursor};
+use crate::page::{self, Page, PageRequest, TimeCursor};
 use crate::{now, scope, validate};
 
 /// The unique constraint a second conversation with the same channel and external id violates.
@@ -395,17 +395,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
         conversation_id: Uuid,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<tasks::Model, Uuid>> {
-        let mut query = scope::find::<tasks::Entity>(ctx)
+        let query = scope::find::<tasks::Entity>(ctx)
             .filter(tasks::Column::ConversationId.eq(conversation_id));
-        if let Some(after) = page.after {
-            query = query.filter(tasks::Column::Id.gt(after));
-        }
-        let rows = query
-            .order_by_asc(tasks::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
-        Ok(Page::from_rows(rows, page.limit, |task| task.id))
+        page::by_id(self.db, query, tasks::Column::Id, page, |task| task.id).await
     }
 
     async fn by_external_id(

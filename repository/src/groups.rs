@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
-use crate::page::{Page, PageRequest};
+use crate::page::{self, Page, PageRequest};
 use crate::{now, scope, validate};
 
 /// The unique constraint a duplicate group slug violates.
@@ -166,16 +166,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         ctx: &RequestContext,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<groups::Model, Uuid>> {
-        let mut query = scope::find::<groups::Entity>(ctx);
-        if let Some(after) = page.after {
-            query = query.filter(groups::Column::Id.gt(after));
-        }
-        let rows = query
-            .order_by_asc(groups::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
-        Ok(Page::from_rows(rows, page.limit, |group| group.id))
+        let query = scope::find::<groups::Entity>(ctx);
+        page::by_id(self.db, query, groups::Column::Id, page, |group| group.id).await
     }
 
     /// Changes a group's name, description and/or assignment strategy; returns it as stored.
@@ -320,17 +312,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             .column(group_members::Column::UserId)
             .filter(group_members::Column::GroupId.eq(group_id))
             .into_query();
-        let mut query =
+        let query =
             scope::find::<users::Entity>(ctx).filter(users::Column::Id.in_subquery(member_ids));
-        if let Some(after) = page.after {
-            query = query.filter(users::Column::Id.gt(after));
-        }
-        let rows = query
-            .order_by_asc(users::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
-        Ok(Page::from_rows(rows, page.limit, |user| user.id))
+        page::by_id(self.db, query, users::Column::Id, page, |user| user.id).await
     }
 
     /// The groups a user belongs to, in creation order.

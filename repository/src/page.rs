@@ -2,6 +2,9 @@
 //! caller reads and stay stable while rows are added.
 
 use chrono::{DateTime, FixedOffset};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -64,6 +67,26 @@ impl<T, C> Page<T, C> {
         let next = if more { rows.last().map(cursor) } else { None };
         Page { items: rows, next }
     }
+}
+
+/// Reads the page of `query` that `page` asks for, in `id` order: the keyset of every list ordered
+/// by creation, since ids are UUIDv7.
+pub(crate) async fn by_id<E, C>(
+    db: &C,
+    mut query: Select<E>,
+    id: E::Column,
+    page: &PageRequest<Uuid>,
+    id_of: impl Fn(&E::Model) -> Uuid,
+) -> Result<Page<E::Model, Uuid>>
+where
+    E: EntityTrait,
+    C: ConnectionTrait,
+{
+    if let Some(after) = page.after {
+        query = query.filter(id.gt(after));
+    }
+    let rows = query.order_by_asc(id).limit(page.fetch()?).all(db).await?;
+    Ok(Page::from_rows(rows, page.limit, id_of))
 }
 
 /// The position of a row in a list ordered by `(created_at, id)` (messages; audit events, newest

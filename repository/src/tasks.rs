@@ -39,7 +39,7 @@ use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::error::{Error, Result, TaskAction};
-use crate::page::{Page, PageRequest};
+use crate::page::{self, Page, PageRequest};
 use crate::{now, scope, validate};
 
 /// The foreign key a task naming a user outside the tenant as assignee violates.
@@ -361,7 +361,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         let query = scope::find::<tasks::Entity>(ctx)
             .filter(tasks::Column::WorkflowId.eq(workflow_id))
             .filter(tasks::Column::WorkflowRunId.eq(workflow_run_id));
-        self.page_by_id(query, page).await
+        page::by_id(self.db, query, tasks::Column::Id, page, |task| task.id).await
     }
 
     /// The tenant's tasks in one status, in creation order.
@@ -375,7 +375,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         page: &PageRequest<Uuid>,
     ) -> Result<Page<tasks::Model, Uuid>> {
         let query = scope::find::<tasks::Entity>(ctx).filter(tasks::Column::Status.eq(status));
-        self.page_by_id(query, page).await
+        page::by_id(self.db, query, tasks::Column::Id, page, |task| task.id).await
     }
 
     /// The open tasks whose deadline passed before `now`, earliest deadline first: what an SLA
@@ -662,22 +662,6 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Cancelled))
         })
         .await
-    }
-
-    async fn page_by_id(
-        &self,
-        mut query: sea_orm::Select<tasks::Entity>,
-        page: &PageRequest<Uuid>,
-    ) -> Result<Page<tasks::Model, Uuid>> {
-        if let Some(after) = page.after {
-            query = query.filter(tasks::Column::Id.gt(after));
-        }
-        let rows = query
-            .order_by_asc(tasks::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
-        Ok(Page::from_rows(rows, page.limit, |task| task.id))
     }
 
     /// One guarded write and its history row, in one transaction; on a miss, reads the task once

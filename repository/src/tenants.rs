@@ -3,14 +3,14 @@
 
 use orkestra_entity::{sea_orm_active_enums::TenantStatus, tenants};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait, UpdateMany, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter,
+    TransactionTrait, UpdateMany, sea_query::Expr,
 };
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::{DbResultExt, Error, Result};
-use crate::page::{Page, PageRequest};
+use crate::page::{self, Page, PageRequest};
 use crate::scope::system;
 use crate::{now, validate};
 
@@ -132,15 +132,10 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
         if let Some(status) = status {
             query = query.filter(tenants::Column::Status.eq(status));
         }
-        if let Some(after) = page.after {
-            query = query.filter(tenants::Column::Id.gt(after));
-        }
-        let rows = query
-            .order_by_asc(tenants::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
-        Ok(Page::from_rows(rows, page.limit, |tenant| tenant.id))
+        page::by_id(self.db, query, tenants::Column::Id, page, |tenant| {
+            tenant.id
+        })
+        .await
     }
 
     /// Changes a tenant's name, configuration and/or limits; a deleted tenant cannot be changed.

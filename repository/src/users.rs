@@ -5,15 +5,15 @@ use orkestra_entity::{
     users,
 };
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter,
+    TransactionTrait, sea_query::Expr,
 };
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::error::{Error, Result};
-use crate::page::{Page, PageRequest};
+use crate::page::{self, Page, PageRequest};
 use crate::{now, scope, validate};
 
 /// The unique constraint a duplicate email violates.
@@ -157,15 +157,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
         if let Some(status) = &filter.status {
             query = query.filter(users::Column::Status.eq(status.clone()));
         }
-        if let Some(after) = page.after {
-            query = query.filter(users::Column::Id.gt(after));
-        }
-        let rows = query
-            .order_by_asc(users::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
-        Ok(Page::from_rows(rows, page.limit, |user| user.id))
+        page::by_id(self.db, query, users::Column::Id, page, |user| user.id).await
     }
 
     /// Changes a user's name, role and/or preferences; returns the user as stored.
