@@ -2,7 +2,7 @@
 //! pages, atomicity, composed transactions, isolation between tenants, and (on PostgreSQL) racing
 //! claimers.
 
-use chrono::{Duration, Utc};
+use chrono::{Duration, FixedOffset, Utc};
 use orkestra_entity::{sea_orm_active_enums::TaskStatus, task_history, tasks};
 use orkestra_repository::{
     Actor, AssignTo, Error, GroupRepository, NewGroup, NewTask, NewUser, PageRequest,
@@ -250,6 +250,11 @@ async fn the_inbox_holds_the_users_and_their_groups_pending_tasks_soonest_deadli
     let other = tenant(db.conn(), "globex").await?;
     let repo = TaskRepository::new(db.conn());
     let in_hours = |h: i64| (Utc::now() + Duration::hours(h)).fixed_offset();
+    // The same instant for two tasks (ties break by creation), and deadlines given in other
+    // offsets than UTC: SQLite compares stored times as text, so they must be stored in UTC.
+    let five = in_hours(5);
+    let plus_five = FixedOffset::east_opt(5 * 3600).expect("offset");
+    let minus_three = FixedOffset::west_opt(3 * 3600).expect("offset");
 
     let mut expected = Vec::new();
     // Ada's, in the order the inbox must show them.
@@ -258,7 +263,7 @@ async fn the_inbox_holds_the_users_and_their_groups_pending_tasks_soonest_deadli
             &t.ctx,
             new_task("soon")
                 .assigned_to(AssignTo::group(t.group))
-                .with_sla(in_hours(1), json!({})),
+                .with_sla(in_hours(1).with_timezone(&minus_three), json!({})),
         )
         .await?;
     let later = repo
@@ -266,7 +271,7 @@ async fn the_inbox_holds_the_users_and_their_groups_pending_tasks_soonest_deadli
             &t.ctx,
             new_task("later")
                 .assigned_to(AssignTo::user(t.ada))
-                .with_sla(in_hours(5), json!({})),
+                .with_sla(five, json!({})),
         )
         .await?;
     let later_too = repo
@@ -274,7 +279,7 @@ async fn the_inbox_holds_the_users_and_their_groups_pending_tasks_soonest_deadli
             &t.ctx,
             new_task("later too")
                 .assigned_to(AssignTo::user(t.ada))
-                .with_sla(in_hours(5), json!({})),
+                .with_sla(five.with_timezone(&plus_five), json!({})),
         )
         .await?;
     let no_deadline_1 = repo
@@ -448,12 +453,13 @@ async fn release_complete_escalate_expire_and_cancel_follow_the_lifecycle() -> a
         )
         .await?;
     assert_invalid_transition(
-        repo.release(&t.ctx, task.id).await,
+        repo.release(&t.ctx, task.id, t.ada).await,
         TaskStatus::Assigned,
         TaskAction::Release,
     );
     repo.claim(&t.ctx, task.id, t.ada).await?;
-    let released = repo.release(&t.ctx, task.id).await?;
+    assert_forbidden(repo.release(&t.ctx, task.id, t.grace).await);
+    let released = repo.release(&t.ctx, task.id, t.ada).await?;
     assert_eq!(released.status, TaskStatus::Assigned);
     assert_eq!(released.claimed_by, None);
     assert_eq!(released.assigned_group_id, Some(t.group));
@@ -564,6 +570,39 @@ async fn release_complete_escalate_expire_and_cancel_follow_the_lifecycle() -> a
 }
 
 #[tokio::test]
+async fn an_inactive_user_can_neither_claim_nor_complete() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    let t = tenant(db.conn(), "acme").await?;
+    let repo = TaskRepository::new(db.conn());
+    let users = UserRepository::new(db.conn());
+    let direct = repo
+        .create(
+            &t.ctx,
+            new_task("direct").assigned_to(AssignTo::user(t.ada)),
+        )
+        .await?;
+    let claimed = repo
+        .create(
+            &t.ctx,
+            new_task("group").assigned_to(AssignTo::group(t.group)),
+        )
+        .await?;
+    repo.claim(&t.ctx, claimed.id, t.ada).await?;
+
+    users.deactivate(&t.ctx, t.ada).await?;
+    assert_forbidden(repo.complete(&t.ctx, direct.id, t.ada, json!({})).await);
+    assert_forbidden(repo.complete(&t.ctx, claimed.id, t.ada, json!({})).await);
+    assert_forbidden(repo.claim(&t.ctx, direct.id, t.ada).await);
+    // Giving a claim back is still theirs to do.
+    repo.release(&t.ctx, claimed.id, t.ada).await?;
+
+    users.activate(&t.ctx, t.ada).await?;
+    let done = repo.complete(&t.ctx, direct.id, t.ada, json!({})).await?;
+    assert_eq!(done.status, TaskStatus::Completed);
+    Ok(())
+}
+
+#[tokio::test]
 async fn assign_reassigns_unclaimed_tasks_within_the_tenant_only() -> anyhow::Result<()> {
     let db = TestDb::migrated().await?;
     let t = tenant(db.conn(), "acme").await?;
@@ -633,14 +672,23 @@ async fn overdue_pages_list_open_tasks_past_their_deadline_earliest_first() -> a
     let repo = TaskRepository::new(db.conn());
     let at = |h: i64| (Utc::now() + Duration::hours(h)).fixed_offset();
 
+    // Two tasks share a deadline; deadlines come in several offsets, one far from UTC.
+    let three_ago = at(-3);
+    let east = FixedOffset::east_opt(9 * 3600).expect("offset");
+    let west = FixedOffset::west_opt(7 * 3600).expect("offset");
     let mut expected = Vec::new();
-    for hours in [-5, -3, -3, -1] {
+    for deadline in [
+        at(-5).with_timezone(&east),
+        three_ago,
+        three_ago.with_timezone(&west),
+        at(-1).with_timezone(&east),
+    ] {
         let task = repo
             .create(
                 &t.ctx,
                 new_task("late")
                     .assigned_to(AssignTo::group(t.group))
-                    .with_sla(at(hours), json!({})),
+                    .with_sla(deadline, json!({})),
             )
             .await?;
         expected.push(task.id);
@@ -649,8 +697,11 @@ async fn overdue_pages_list_open_tasks_past_their_deadline_earliest_first() -> a
     repo.claim(&t.ctx, expected[1], t.ada).await?;
     repo.escalate(&t.ctx, expected[2], None, None).await?;
     // Not overdue: future deadline, no deadline, final, another tenant.
-    repo.create(&t.ctx, new_task("future").with_sla(at(2), json!({})))
-        .await?;
+    repo.create(
+        &t.ctx,
+        new_task("future").with_sla(at(2).with_timezone(&east), json!({})),
+    )
+    .await?;
     repo.create(&t.ctx, new_task("no deadline")).await?;
     let done = repo
         .create(
@@ -664,14 +715,15 @@ async fn overdue_pages_list_open_tasks_past_their_deadline_earliest_first() -> a
     repo.create(&other.ctx, new_task("theirs").with_sla(at(-4), json!({})))
         .await?;
 
-    let now = Utc::now().fixed_offset();
+    let now = Utc::now().with_timezone(&west);
     let mut seen = Vec::new();
-    let mut page = PageRequest::first(3);
+    // Pages of two: the second page starts between the two tasks that share a deadline.
+    let mut page = PageRequest::first(2);
     loop {
         let result = repo.overdue(&t.ctx, now, &page).await?;
         seen.extend(result.items.iter().map(|task| task.id));
         match result.next {
-            Some(cursor) => page = PageRequest::after(cursor, 3),
+            Some(cursor) => page = PageRequest::after(cursor, 2),
             None => break,
         }
     }
@@ -844,7 +896,7 @@ async fn calls_compose_in_one_transaction_and_nest_as_savepoints() -> anyhow::Re
         .await;
         assert!(inner.is_err());
         // A refused transition inside the transaction leaves it usable.
-        assert!(repo.release(ctx, task.id).await.is_err());
+        assert!(repo.release(ctx, task.id, ada).await.is_err());
         repo.claim(ctx, task.id, ada).await
     })
     .await?;
@@ -922,7 +974,7 @@ async fn a_tenant_sees_and_changes_nothing_of_another_tenants_tasks() -> anyhow:
     not_found(repo.claim(&a.ctx, theirs.id, a.ada).await);
     not_found(repo.claim(&a.ctx, theirs.id, b.ada).await);
     not_found(repo.assign(&a.ctx, theirs.id, AssignTo::user(a.ada)).await);
-    not_found(repo.release(&a.ctx, theirs.id).await);
+    not_found(repo.release(&a.ctx, theirs.id, b.ada).await);
     not_found(repo.complete(&a.ctx, theirs.id, b.ada, json!({})).await);
     not_found(repo.escalate(&a.ctx, theirs.id, None, None).await);
     not_found(repo.expire(&a.ctx, theirs.id).await);

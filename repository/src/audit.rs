@@ -4,7 +4,7 @@
 //! or remove one. The actor and the trace of an event are taken from the [`RequestContext`], never
 //! from the caller's event, so an event names whoever the request was authenticated as.
 
-use chrono::{DateTime, FixedOffset, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, FixedOffset};
 use orkestra_entity::audit_events;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr,
@@ -14,6 +14,7 @@ use sea_orm::{
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::clock::{bound, utc};
 use crate::context::RequestContext;
 use crate::error::{Error, Result};
 use crate::page::{Page, PageRequest, TimeCursor};
@@ -384,25 +385,6 @@ fn filtered(ctx: &RequestContext, query: &AuditQuery) -> Result<Select<audit_eve
         select = select.filter(audit_events::Column::CreatedAt.lt(bound(to)));
     }
     Ok(select)
-}
-
-/// The instant in UTC, the offset every stored `created_at` has. SQLite stores times as text and
-/// compares them as text, which orders instants correctly only when they share an offset.
-fn utc(instant: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
-    instant.with_timezone(&Utc).fixed_offset()
-}
-
-/// A range bound in UTC, rounded up to the microsecond. Stored times are whole microseconds, so
-/// `t >= x` and `t < x` select the same rows as with the rounded bound, on both backends (the
-/// PostgreSQL driver would otherwise truncate it, and SQLite compare its text as is).
-fn bound(instant: DateTime<FixedOffset>) -> DateTime<FixedOffset> {
-    let instant = utc(instant);
-    let truncated = instant.trunc_subsecs(6);
-    if truncated < instant {
-        truncated + TimeDelta::microseconds(1)
-    } else {
-        truncated
-    }
 }
 
 #[cfg(test)]

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest, TimeCursor};
-use crate::{now, scope, validate};
+use crate::{clock, now, scope, validate};
 
 /// The unique constraint a second conversation with the same channel and external id violates.
 pub const EXTERNAL_KEY: &str = "conversations_tenant_id_channel_external_id_key";
@@ -295,9 +295,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
         let mut query = scope::find::<messages::Entity>(ctx)
             .filter(messages::Column::ConversationId.eq(conversation_id));
         if let Some(after) = page.after {
-            // SQLite compares times as RFC 3339 text, which orders correctly only in one offset:
-            // the UTC one every stored time is written in.
-            let created_at = after.created_at.to_utc().fixed_offset();
+            let created_at = clock::utc(after.created_at);
             query = query.filter(
                 Expr::tuple([
                     Expr::col((messages::Entity, messages::Column::CreatedAt)),

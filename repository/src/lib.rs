@@ -23,6 +23,7 @@
 //! ```
 
 pub mod audit;
+mod clock;
 pub mod connect;
 pub mod context;
 pub mod conversations;
@@ -50,9 +51,4 @@ pub use tenants::{NewTenant, TenantRepository, TenantUpdate};
 pub use tx::transaction;
 pub use users::{NewUser, UserFilter, UserRepository, UserUpdate};
 
-/// The current time, truncated to microseconds: what PostgreSQL stores, so that a value written and
-/// read back compares equal on both backends.
-pub(crate) fn now() -> chrono::DateTime<chrono::FixedOffset> {
-    use chrono::SubsecRound;
-    chrono::Utc::now().trunc_subsecs(6).fixed_offset()
-}
+pub(crate) use clock::now;

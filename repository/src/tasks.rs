@@ -21,9 +21,10 @@
 //! the user was wrong).
 
 use chrono::{DateTime, FixedOffset};
-use orkestra_entity::{conversations, groups};
 use orkestra_entity::{
-    group_members, sea_orm_active_enums::TaskStatus, task_history, tasks, users,
+    conversations, group_members, groups,
+    sea_orm_active_enums::{TaskStatus, UserStatus},
+    task_history, tasks, users,
 };
 use sea_orm::{
     ActiveModelTrait,
@@ -37,6 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use crate::clock::utc;
 use crate::context::RequestContext;
 use crate::error::{Error, Result, TaskAction};
 use crate::page::{self, Page, PageRequest};
@@ -202,6 +204,8 @@ pub const PENDING: [TaskStatus; 3] = [
 ];
 const ASSIGNABLE: [TaskStatus; 3] = PENDING;
 const CLAIMABLE: [TaskStatus; 2] = [TaskStatus::Assigned, TaskStatus::Escalated];
+/// How many times a state change is tried when the task keeps changing under it.
+const ATTEMPTS: usize = 3;
 
 /// The tasks of the context's tenant.
 #[derive(Debug, Clone, Copy)]
@@ -268,7 +272,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             claimed_by: Set(None),
             context: Set(context),
             conversation_id: Set(task.conversation_id),
-            sla_deadline: Set(task.sla.as_ref().map(|sla| sla.deadline)),
+            sla_deadline: Set(task.sla.as_ref().map(|sla| utc(sla.deadline))),
             sla_config: Set(task.sla.map(|sla| sla.config)),
             status: Set(status.clone()),
             created_at: Set(at),
@@ -391,16 +395,17 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     ) -> Result<Page<tasks::Model, OverdueCursor>> {
         let mut query = scope::find::<tasks::Entity>(ctx)
             .filter(tasks::Column::Status.is_in(TaskStatus::OPEN))
-            .filter(tasks::Column::SlaDeadline.lt(now));
+            .filter(tasks::Column::SlaDeadline.lt(utc(now)));
         if let Some(after) = &page.after {
             query = query.filter(
-                Condition::any()
-                    .add(tasks::Column::SlaDeadline.gt(after.sla_deadline))
-                    .add(
-                        Condition::all()
-                            .add(tasks::Column::SlaDeadline.eq(after.sla_deadline))
-                            .add(tasks::Column::Id.gt(after.id)),
-                    ),
+                Expr::tuple([
+                    Expr::col((tasks::Entity, tasks::Column::SlaDeadline)),
+                    Expr::col((tasks::Entity, tasks::Column::Id)),
+                ])
+                .gt(Expr::tuple([
+                    Expr::value(utc(after.sla_deadline)),
+                    Expr::value(after.id),
+                ])),
             );
         }
         let rows = query
@@ -508,17 +513,29 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         .await
     }
 
-    /// Gives a claim back: the task is `ASSIGNED` again, to the same user or group.
+    /// Gives a claim back, by the user who holds it: the task is `ASSIGNED` again, to the same
+    /// user or group, and claimable. (To take a task away from its claimer, escalate it.) A task
+    /// claimed after an escalation goes back to `ASSIGNED` too; its history keeps the escalation.
     ///
     /// # Errors
-    /// [`Error::NotFound`]; [`Error::InvalidTransition`] when the task is not claimed;
-    /// [`Error::Db`].
-    pub async fn release(&self, ctx: &RequestContext, id: Uuid) -> Result<tasks::Model> {
+    /// - [`Error::NotFound`];
+    /// - [`Error::InvalidTransition`]: the task is not claimed;
+    /// - [`Error::Forbidden`]: someone else claimed it;
+    /// - [`Error::Db`].
+    pub async fn release(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        user_id: Uuid,
+    ) -> Result<tasks::Model> {
         let change = Transition {
             action: TaskAction::Release,
             from: &[TaskStatus::Claimed],
-            who: None,
-            details: json!({}),
+            who: Some(Who {
+                condition: Condition::all().add(tasks::Column::ClaimedBy.eq(user_id)),
+                reason: "the task is claimed by another user",
+            }),
+            details: json!({ "user_id": user_id }),
             assign_to: None,
         };
         self.transition(ctx, id, change, |update| {
@@ -547,7 +564,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         form_data: Value,
     ) -> Result<tasks::Model> {
         validate::json_object("form_data", &form_data)?;
-        let who = Condition::any()
+        let holds_it = Condition::any()
             .add(
                 Condition::all()
                     .add(tasks::Column::Status.eq(TaskStatus::Claimed))
@@ -559,12 +576,14 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
                     .add(tasks::Column::AssignedUserId.eq(user_id))
                     .add(tasks::Column::AssignedGroupId.is_null()),
             );
+        let who = active_user(ctx, user_id).add(holds_it);
         let change = Transition {
             action: TaskAction::Complete,
             from: &[TaskStatus::Claimed, TaskStatus::Assigned],
             who: Some(Who {
                 condition: who,
-                reason: "the user neither claimed the task nor is its direct assignee",
+                reason: "the user neither claimed the task nor is its direct assignee, or is \
+                         inactive",
             }),
             details: json!({ "user_id": user_id }),
             assign_to: None,
@@ -572,7 +591,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         self.transition(ctx, id, change, |update| {
             update
                 .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Completed))
-                .col_expr(tasks::Column::FormData, Expr::value(form_data))
+                .col_expr(tasks::Column::FormData, Expr::value(form_data.clone()))
                 .col_expr(tasks::Column::CompletedBy, Expr::value(user_id))
                 .col_expr(tasks::Column::CompletedAt, Expr::value(now()))
         })
@@ -664,68 +683,78 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         .await
     }
 
-    /// One guarded write and its history row, in one transaction; on a miss, reads the task once
-    /// to say why.
+    /// One guarded write and its history row, in one transaction. On a miss, reads the task to say
+    /// why: missing, in a state the change does not leave, or (for changes that depend on the user)
+    /// a user the change does not allow. When the task is back in an allowed state by the time it
+    /// is read (another transaction changed it twice in between), the write is tried again, up to
+    /// [`ATTEMPTS`] times in all.
     async fn transition(
         &self,
         ctx: &RequestContext,
         id: Uuid,
         change: Transition<'_>,
-        set: impl FnOnce(UpdateMany<tasks::Entity>) -> UpdateMany<tasks::Entity>,
+        set: impl Fn(UpdateMany<tasks::Entity>) -> UpdateMany<tasks::Entity>,
     ) -> Result<tasks::Model> {
-        let mut update = scope::update_many::<tasks::Entity>(ctx)
-            .filter(tasks::Column::Id.eq(id))
-            .filter(tasks::Column::Status.is_in(change.from.iter().cloned()));
-        if let Some(who) = &change.who {
-            update = update.filter(who.condition.clone());
-        }
-        // Set here so that RETURNING shows it on SQLite too (PostgreSQL's trigger moves it on).
-        let update = set(update).col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
-
         let txn = self.db.begin().await?;
-        let written = match update.exec_with_returning(&txn).await {
-            Ok(mut rows) => rows.pop(),
-            Err(error) => {
-                let assign_to = change.assign_to.unwrap_or(AssignTo {
-                    user_id: None,
-                    group_id: None,
-                });
-                return Err(self.name_reference(&txn, ctx, error, assign_to, None).await);
+        let mut current = None;
+        for _ in 0..ATTEMPTS {
+            let mut update = scope::update_many::<tasks::Entity>(ctx)
+                .filter(tasks::Column::Id.eq(id))
+                .filter(tasks::Column::Status.is_in(change.from.iter().cloned()));
+            if let Some(who) = &change.who {
+                update = update.filter(who.condition.clone());
             }
-        };
-        let Some(task) = written else {
-            let current = scope::find::<tasks::Entity>(ctx)
+            // Set here so that RETURNING shows it on SQLite too (PostgreSQL's trigger moves it on).
+            let update = set(update).col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
+            let written = match update.exec_with_returning(&txn).await {
+                Ok(mut rows) => rows.pop(),
+                Err(error) => {
+                    let assign_to = change.assign_to.unwrap_or(AssignTo {
+                        user_id: None,
+                        group_id: None,
+                    });
+                    return Err(self.name_reference(&txn, ctx, error, assign_to, None).await);
+                }
+            };
+            if let Some(task) = written {
+                let details = change.details.clone();
+                record(&txn, ctx, &task, change.action.history_label(), details).await?;
+                txn.commit().await?;
+                return Ok(task);
+            }
+            let task = scope::find::<tasks::Entity>(ctx)
                 .filter(tasks::Column::Id.eq(id))
                 .one(&txn)
-                .await?;
-            return Err(match current {
-                None => Error::not_found("task", id),
-                Some(task) if !change.from.contains(&task.status) => Error::InvalidTransition {
+                .await?
+                .ok_or_else(|| Error::not_found("task", id))?;
+            if !change.from.contains(&task.status) {
+                return Err(Error::InvalidTransition {
                     task_id: id,
                     current: task.status,
                     action: change.action,
-                },
-                Some(_) => Error::Forbidden {
-                    task_id: id,
-                    action: change.action,
-                    reason: change
-                        .who
-                        .map(|who| who.reason)
-                        .unwrap_or("not allowed")
-                        .to_owned(),
-                },
-            });
-        };
-        record(
-            &txn,
-            ctx,
-            &task,
-            change.action.history_label(),
-            change.details,
-        )
-        .await?;
-        txn.commit().await?;
-        Ok(task)
+                });
+            }
+            if let Some(who) = &change.who {
+                let allowed = scope::find::<tasks::Entity>(ctx)
+                    .filter(tasks::Column::Id.eq(id))
+                    .filter(who.condition.clone())
+                    .count(&txn)
+                    .await?;
+                if allowed == 0 {
+                    return Err(Error::Forbidden {
+                        task_id: id,
+                        action: change.action,
+                        reason: who.reason.to_owned(),
+                    });
+                }
+            }
+            current = Some(task.status);
+        }
+        Err(Error::InvalidTransition {
+            task_id: id,
+            current: current.unwrap_or(TaskStatus::Created),
+            action: change.action,
+        })
     }
 
     /// Turns a failed task write into an error naming the foreign key that refused it. PostgreSQL
@@ -797,6 +826,17 @@ struct Who {
     reason: &'static str,
 }
 
+/// `user_id` is an active user of the tenant.
+fn active_user(ctx: &RequestContext, user_id: Uuid) -> Condition {
+    let active = scope::find::<users::Entity>(ctx)
+        .select_only()
+        .column(users::Column::Id)
+        .filter(users::Column::Id.eq(user_id))
+        .filter(users::Column::Status.eq(UserStatus::Active))
+        .into_query();
+    Condition::all().add(Expr::val(user_id).in_subquery(active))
+}
+
 /// `user_id` is active and is the task's assignee or a member of its group.
 fn may_claim(ctx: &RequestContext, user_id: Uuid) -> Condition {
     let groups_of_user = scope::find::<group_members::Entity>(ctx)
@@ -804,31 +844,24 @@ fn may_claim(ctx: &RequestContext, user_id: Uuid) -> Condition {
         .column(group_members::Column::GroupId)
         .filter(group_members::Column::UserId.eq(user_id))
         .into_query();
-    let active_user = scope::find::<users::Entity>(ctx)
-        .select_only()
-        .column(users::Column::Id)
-        .filter(users::Column::Id.eq(user_id))
-        .filter(users::Column::Status.eq(orkestra_entity::sea_orm_active_enums::UserStatus::Active))
-        .into_query();
-    Condition::all()
-        .add(Expr::val(user_id).in_subquery(active_user))
-        .add(
-            Condition::any()
-                .add(tasks::Column::AssignedUserId.eq(user_id))
-                .add(tasks::Column::AssignedGroupId.in_subquery(groups_of_user)),
-        )
+    active_user(ctx, user_id).add(
+        Condition::any()
+            .add(tasks::Column::AssignedUserId.eq(user_id))
+            .add(tasks::Column::AssignedGroupId.in_subquery(groups_of_user)),
+    )
 }
 
 /// Rows after `cursor` in `(sla_deadline NULLS LAST, created_at, id)` order.
 fn after_inbox_cursor(cursor: &InboxCursor) -> Condition {
-    let later_in_same_deadline = Condition::any()
-        .add(tasks::Column::CreatedAt.gt(cursor.created_at))
-        .add(
-            Condition::all()
-                .add(tasks::Column::CreatedAt.eq(cursor.created_at))
-                .add(tasks::Column::Id.gt(cursor.id)),
-        );
-    match cursor.sla_deadline {
+    let later_in_same_deadline = Expr::tuple([
+        Expr::col((tasks::Entity, tasks::Column::CreatedAt)),
+        Expr::col((tasks::Entity, tasks::Column::Id)),
+    ])
+    .gt(Expr::tuple([
+        Expr::value(utc(cursor.created_at)),
+        Expr::value(cursor.id),
+    ]));
+    match cursor.sla_deadline.map(utc) {
         Some(deadline) => Condition::any()
             .add(tasks::Column::SlaDeadline.gt(deadline))
             .add(tasks::Column::SlaDeadline.is_null())
@@ -1094,7 +1127,7 @@ mod tests {
             .await
             .expect("assign");
         repo.claim(&ctx, id, user).await.expect("claim");
-        repo.release(&ctx, id).await.expect("release");
+        repo.release(&ctx, id, user).await.expect("release");
         repo.complete(&ctx, id, user, json!({}))
             .await
             .expect("complete");
