@@ -57,34 +57,27 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
     just lint-scoping
 
-# Prove the tenant-scoping lint works: an unscoped query added to the repository crate must fail clippy
+# Prove the tenant-scoping lint works: clippy must refuse each way around it in src/lint_probe.rs
 lint-scoping:
     #!/usr/bin/env bash
     set -euo pipefail
-    probe=repository/src/unscoped_probe.rs
-    saved=$(mktemp)
-    cp repository/src/lib.rs "$saved"
-    restore() { rm -f "$probe"; cp "$saved" repository/src/lib.rs; rm -f "$saved"; }
-    trap restore EXIT
-    printf '%s\n' \
-        '//! An unscoped query, written by `just lint-scoping` to prove that clippy refuses it.' \
-        'use sea_orm::EntityTrait;' \
-        '/// Reads every tenant'"'"'s tasks.' \
-        'pub async fn all_tasks(db: &sea_orm::DatabaseConnection) -> Result<Vec<orkestra_entity::tasks::Model>, sea_orm::DbErr> {' \
-        '    orkestra_entity::tasks::Entity::find().all(db).await' \
-        '}' > "$probe"
-    echo 'pub mod unscoped_probe;' >> repository/src/lib.rs
-    if out=$(cargo clippy -q -p orkestra-repository -- -D warnings 2>&1); then
-        echo "error: clippy accepted an unscoped query on tasks" >&2
+    if out=$(cargo clippy -q -p orkestra-repository -- --cfg orkestra_lint_probe -D warnings 2>&1); then
+        echo "error: clippy accepted the unscoped queries of repository/src/lint_probe.rs" >&2
         exit 1
     fi
-    if ! grep -q 'disallowed method `sea_orm::EntityTrait::find`' <<< "$out"; then
-        echo "$out" >&2
-        echo "error: clippy failed, but not on the unscoped query" >&2
-        exit 1
-    fi
-    grep -m1 -A3 'disallowed method' <<< "$out"
-    echo "ok: clippy refuses an unscoped query in the repository crate"
+    missing=0
+    for method in EntityTrait::find ActiveModelTrait::update ModelTrait::delete \
+        UpdateStatement::new ConnectionTrait::execute SelectStatement::new \
+        ConnectionTrait::query_all ConnectionTrait::execute_unprepared; do
+        if grep -q "disallowed method \`sea_orm::\(sea_query::\)\?$method\`" <<< "$out"; then
+            echo "refused: $method"
+        else
+            echo "error: clippy did not refuse $method" >&2
+            missing=1
+        fi
+    done
+    if [ "$missing" = 1 ]; then echo "$out" >&2; exit 1; fi
+    echo "ok: clippy refuses every unscoped query of the probe"
 
 # Everything CI runs (.ci/run): lint, both test runs, entity drift, migration CLI round trip
 ci:

@@ -29,6 +29,8 @@ pub mod context;
 pub mod conversations;
 pub mod error;
 pub mod groups;
+#[cfg(orkestra_lint_probe)]
+mod lint_probe;
 pub mod page;
 pub mod scope;
 pub mod tasks;
