@@ -179,6 +179,21 @@ const SCHEMA: &[(&str, Columns)] = &[
 /// Every index other than primary keys: (name, columns, unique).
 const INDEXES: &[(&str, &[&str], bool)] = &[
     (
+        "audit_events_tenant_id_actor_type_actor_id_created_at_idx",
+        &["tenant_id", "actor_type", "actor_id", "created_at"],
+        false,
+    ),
+    (
+        "audit_events_tenant_id_created_at_id_idx",
+        &["tenant_id", "created_at", "id"],
+        false,
+    ),
+    (
+        "audit_events_tenant_id_resource_type_resource_id_created_at_idx",
+        &["tenant_id", "resource_type", "resource_id", "created_at"],
+        false,
+    ),
+    (
         "audit_events_tenant_id_event_type_created_at_idx",
         &["tenant_id", "event_type", "created_at"],
         false,

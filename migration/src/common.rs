@@ -287,6 +287,22 @@ where
     named_index(table, tenant_led(columns), false)
 }
 
+/// Drops the index [`tenant_index`] creates for the same table and columns.
+pub(crate) async fn drop_tenant_index<T, C>(
+    manager: &SchemaManager<'_>,
+    table: T,
+    columns: &[C],
+) -> Result<(), DbErr>
+where
+    T: Iden + Copy + 'static,
+    C: Iden,
+{
+    let name = object_name(&table.to_string(), &tenant_led(columns), "idx");
+    manager
+        .drop_index(Index::drop().name(name).table(table).to_owned())
+        .await
+}
+
 /// A unique index on `(tenant_id, columns...)`, named `<table>_tenant_id_<columns>_key` (the seed's
 /// `@@unique`, or a per-tenant form of its `@unique`).
 pub(crate) fn tenant_unique<T, C>(table: T, columns: &[C]) -> IndexCreateStatement

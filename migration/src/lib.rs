@@ -22,6 +22,7 @@ mod m20261125_000003_create_conversations;
 mod m20261125_000004_create_tasks;
 mod m20261125_000005_create_audit_events;
 mod m20261125_000006_conversation_external_key;
+mod m20261125_000007_audit_query_indexes;
 
 /// The ordered list of Orkestra migrations.
 pub struct Migrator;
@@ -36,6 +37,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000004_create_tasks::Migration),
             Box::new(m20261125_000005_create_audit_events::Migration),
             Box::new(m20261125_000006_conversation_external_key::Migration),
+            Box::new(m20261125_000007_audit_query_indexes::Migration),
         ]
     }
 }

@@ -10,8 +10,9 @@ use crate::common::{
 pub struct Migration;
 
 #[derive(DeriveIden, Clone, Copy)]
-enum AuditEvents {
+pub(crate) enum AuditEvents {
     Table,
+    Id,
     EventType,
     Action,
     ActorType,
