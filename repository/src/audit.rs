@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::clock::{bound, utc};
 use crate::context::RequestContext;
-use crate::error::{Error, Result};
+use crate::error::{DbResultExt, Error, Result};
 use crate::page::{Page, PageRequest, TimeCursor};
 use crate::{now, scope, validate};
 
@@ -174,7 +174,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
         row(ctx, event, Uuid::now_v7(), now())?
             .insert(self.db)
             .await
-            .map_err(refused)
+            .or_reference(TENANT_FKEY)
     }
 
     /// Records several events in the context's tenant in one `INSERT`, all or none; returns how
@@ -230,7 +230,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
             _ => RECORD_MANY_MAX,
         };
         if rows.len() <= chunk {
-            return insert(self.db, rows).await.map_err(refused);
+            return insert(self.db, rows).await.or_reference(TENANT_FKEY);
         }
         let txn = self.db.begin().await?;
         let mut written = 0;
@@ -238,7 +238,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
         while rows.peek().is_some() {
             written += insert(&txn, rows.by_ref().take(chunk).collect())
                 .await
-                .map_err(refused)?;
+                .or_reference(TENANT_FKEY)?;
         }
         txn.commit().await?;
         Ok(written)
@@ -337,19 +337,6 @@ async fn insert(
     audit_events::Entity::insert_many(rows)
         .exec_without_returning(db)
         .await
-}
-
-/// Classifies a refused write. SQLite names no constraint, and the tenant's is the only foreign
-/// key an event has.
-fn refused(error: DbErr) -> Error {
-    let error = Error::from(error);
-    if error.is_unnamed_reference() {
-        Error::Reference {
-            constraint: TENANT_FKEY.to_owned(),
-        }
-    } else {
-        error
-    }
 }
 
 /// The tenant's events matching `query`, unordered.

@@ -58,7 +58,8 @@ impl DbConfig {
     }
 
     fn is_sqlite_memory(&self) -> bool {
-        self.url.starts_with("sqlite::memory:") || self.url.contains("mode=memory")
+        self.url.starts_with("sqlite:")
+            && (self.url.contains(":memory:") || self.url.contains("mode=memory"))
     }
 
     fn options(&self) -> ConnectOptions {

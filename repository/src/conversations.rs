@@ -128,8 +128,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
         new_row(ctx, conversation.participant, external_id, channel)
             .insert(self.db)
             .await
-            .or_constraint(EXTERNAL_KEY)
-            .map_err(tenant_reference)
+            .or_constraints(EXTERNAL_KEY, TENANT_FKEY)
     }
 
     /// The conversation with this id in the context's tenant, if any.
@@ -214,7 +213,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
                 )
                 .exec_without_returning(self.db)
                 .await
-                .map_err(|error| tenant_reference(Error::from(error)))?;
+                .or_reference(TENANT_FKEY)?;
             if let Some(found) = self.by_external_id(ctx, &channel, &external_id).await? {
                 return Ok((found, inserted > 0));
             }
@@ -261,8 +260,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
             return Err(refusal(&txn, ctx, conversation_id, "append a message to").await);
         }
         // Taken after the update holds the conversation's row lock, so that on PostgreSQL messages
-        // of one conversation get `created_at` in the order they commit, and a reader paging by
-        // `(created_at, id)` does not skip one committed late with an earlier time.
+        // of one conversation from one service instance get `created_at` in the order they commit,
+        // and a reader paging by `(created_at, id)` does not skip one committed late with an
+        // earlier time. Instances whose clocks disagree can still interleave by their skew.
         let created_at = now();
         let message = messages::ActiveModel {
             id: Set(Uuid::now_v7()),
@@ -433,17 +433,6 @@ fn new_row(
         created_at: Set(now),
         updated_at: Set(now),
         closed_at: Set(None),
-    }
-}
-
-/// Names the tenant's foreign key on a refused reference: SQLite names no constraint (and the
-/// call site may have named its unique key instead), and a conversation has no other foreign key.
-fn tenant_reference(error: Error) -> Error {
-    match error {
-        Error::Reference { .. } => Error::Reference {
-            constraint: TENANT_FKEY.to_owned(),
-        },
-        other => other,
     }
 }
 

@@ -150,18 +150,28 @@ impl Error {
 
     /// Classifies a database error, naming the constraint the driver reports.
     ///
-    /// SQLite does not report constraint names; `constraint` is what the call site knows it can
-    /// violate, used when the driver is silent.
-    pub(crate) fn from_db_with(error: DbErr, constraint: Option<&str>) -> Error {
+    /// SQLite does not report constraint names; `unique` and `reference` are the unique key and
+    /// the foreign key the call site knows it can violate, used when the driver is silent.
+    pub(crate) fn from_db_with(
+        error: DbErr,
+        unique: Option<&str>,
+        reference: Option<&str>,
+    ) -> Error {
         let Some(kind) = error.sql_err() else {
             return Error::Db(error);
         };
-        let constraint = driver_constraint(&error)
-            .or_else(|| constraint.map(str::to_owned))
-            .unwrap_or_else(|| UNNAMED.to_owned());
+        let named = |fallback: Option<&str>| {
+            driver_constraint(&error)
+                .or_else(|| fallback.map(str::to_owned))
+                .unwrap_or_else(|| UNNAMED.to_owned())
+        };
         match kind {
-            SqlErr::UniqueConstraintViolation(_) => Error::Conflict { constraint },
-            SqlErr::ForeignKeyConstraintViolation(_) => Error::Reference { constraint },
+            SqlErr::UniqueConstraintViolation(_) => Error::Conflict {
+                constraint: named(unique),
+            },
+            SqlErr::ForeignKeyConstraintViolation(_) => Error::Reference {
+                constraint: named(reference),
+            },
             _ => Error::Db(error),
         }
     }
@@ -185,19 +195,30 @@ fn driver_constraint(error: &DbErr) -> Option<String> {
 
 impl From<DbErr> for Error {
     fn from(error: DbErr) -> Error {
-        Error::from_db_with(error, None)
+        Error::from_db_with(error, None, None)
     }
 }
 
-/// Adds the constraint a call site can violate to a database result (used where the driver does not
-/// name constraints).
+/// Names the constraints a call site can violate, for drivers that do not (SQLite).
 pub(crate) trait DbResultExt<T> {
-    /// Maps the error, naming `constraint` when the driver does not.
-    fn or_constraint(self, constraint: &str) -> Result<T>;
+    /// Maps the error, naming `unique` for a unique-key refusal the driver did not name.
+    fn or_unique(self, unique: &str) -> Result<T>;
+    /// Maps the error, naming `reference` for a foreign-key refusal the driver did not name.
+    fn or_reference(self, reference: &str) -> Result<T>;
+    /// Maps the error, naming `unique` or `reference` when the driver did not.
+    fn or_constraints(self, unique: &str, reference: &str) -> Result<T>;
 }
 
 impl<T> DbResultExt<T> for std::result::Result<T, DbErr> {
-    fn or_constraint(self, constraint: &str) -> Result<T> {
-        self.map_err(|error| Error::from_db_with(error, Some(constraint)))
+    fn or_unique(self, unique: &str) -> Result<T> {
+        self.map_err(|error| Error::from_db_with(error, Some(unique), None))
+    }
+
+    fn or_reference(self, reference: &str) -> Result<T> {
+        self.map_err(|error| Error::from_db_with(error, None, Some(reference)))
+    }
+
+    fn or_constraints(self, unique: &str, reference: &str) -> Result<T> {
+        self.map_err(|error| Error::from_db_with(error, Some(unique), Some(reference)))
     }
 }

@@ -25,8 +25,10 @@ pub const SLUG_KEY: &str = "groups_tenant_id_slug_key";
 pub const MEMBER_GROUP_FKEY: &str = "group_members_tenant_id_group_id_fkey";
 /// The foreign key a membership naming a user outside the tenant violates.
 pub const MEMBER_USER_FKEY: &str = "group_members_tenant_id_user_id_fkey";
-/// The foreign key that keeps a group with tasks from being deleted.
-pub const TASK_GROUP_FKEY: &str = "tasks_tenant_id_assigned_group_id_fkey";
+/// The foreign key that keeps a group that tasks name from being deleted.
+pub const TASK_GROUP_FKEY: &str = crate::tasks::GROUP_FKEY;
+/// The foreign key a group of a missing tenant violates.
+const TENANT_FKEY: &str = "groups_tenant_id_fkey";
 
 /// A group to create.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,13 +119,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         }
         .insert(self.db)
         .await
-        .map_err(|error| match Error::from_db_with(error, Some(SLUG_KEY)) {
-            // SQLite names no constraint; a foreign-key refusal here can only be the tenant's.
-            Error::Reference { .. } => Error::Reference {
-                constraint: "groups_tenant_id_fkey".to_owned(),
-            },
-            other => other,
-        })
+        .or_constraints(SLUG_KEY, TENANT_FKEY)
     }
 
     /// The group with this id in the context's tenant, if any.
@@ -228,7 +224,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             .filter(groups::Column::Id.eq(id))
             .exec(self.db)
             .await
-            .or_constraint(TASK_GROUP_FKEY)?;
+            .or_reference(TASK_GROUP_FKEY)?;
         if deleted.rows_affected == 0 {
             return Err(Error::not_found("group", id));
         }

@@ -969,36 +969,12 @@ mod tests {
             .collect()
     }
 
-    /// Every statement binds the tenant, and every read or write with a WHERE filters on it.
+    /// Every statement is confined to the context's tenant, subqueries included.
     #[track_caller]
     fn assert_tenant_everywhere(statements: &[Statement], ctx: &RequestContext) {
         assert!(!statements.is_empty());
-        for stmt in statements {
-            let values = stmt
-                .values
-                .as_ref()
-                .map(|v| v.0.clone())
-                .unwrap_or_default();
-            assert!(
-                values.contains(&Value::Uuid(Some(ctx.tenant_id()))),
-                "statement does not bind the tenant: {}",
-                stmt.sql
-            );
-            if stmt.sql.contains("WHERE") {
-                let where_clause = &stmt.sql[stmt.sql.find("WHERE").unwrap_or(0)..];
-                assert!(
-                    where_clause.contains(r#""tenant_id" = $"#),
-                    "no tenant predicate: {}",
-                    stmt.sql
-                );
-            }
-            if let Some(from) = stmt.sql.find("(SELECT") {
-                assert!(
-                    stmt.sql[from..].contains(r#""tenant_id" = $"#),
-                    "subquery without the tenant: {}",
-                    stmt.sql
-                );
-            }
+        for statement in statements {
+            crate::testing::assert_scoped(statement, ctx.tenant_id());
         }
     }
 

@@ -93,7 +93,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
         }
         .insert(self.db)
         .await
-        .or_constraint(SLUG_KEY)
+        .or_unique(SLUG_KEY)
     }
 
     /// The tenant with this id, whatever its status.

@@ -26,8 +26,8 @@ use crate::error::Result;
 /// ```
 ///
 /// # Errors
-/// What `f` returns, or [`Error::Db`](crate::Error::Db) when the transaction cannot begin, commit
-/// or roll back.
+/// What `f` returns, or [`Error::Db`](crate::Error::Db) when the transaction cannot begin or
+/// commit.
 pub async fn transaction<C, F, T>(db: &C, f: F) -> Result<T>
 where
     C: TransactionTrait,
@@ -40,7 +40,9 @@ where
             Ok(value)
         }
         Err(error) => {
-            txn.rollback().await?;
+            // The caller's error is the one that matters: a rollback that fails (the connection
+            // is gone) has undone the work just the same.
+            let _ = txn.rollback().await;
             Err(error)
         }
     }

@@ -12,7 +12,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::context::RequestContext;
-use crate::error::{Error, Result};
+use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
 use crate::{now, scope, validate};
 
@@ -104,13 +104,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
         }
         .insert(self.db)
         .await
-        .map_err(|error| match Error::from_db_with(error, Some(EMAIL_KEY)) {
-            // SQLite names no constraint; a foreign-key refusal here can only be the tenant's.
-            Error::Reference { .. } => Error::Reference {
-                constraint: TENANT_FKEY.to_owned(),
-            },
-            other => other,
-        })
+        .or_constraints(EMAIL_KEY, TENANT_FKEY)
     }
 
     /// The user with this id in the context's tenant, if any.

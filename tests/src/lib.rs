@@ -5,7 +5,8 @@
 //! - `postgres://...`: the first test of a process migrates a template database once with the real
 //!   [`Migrator`](orkestra_migration::Migrator); every test then gets its own copy
 //!   (`CREATE DATABASE ... TEMPLATE`), dropped when the test's [`TestDb`] is dropped, whether the test
-//!   passed or panicked. Databases left by crashed runs are swept (see [`pg::sweep`]).
+//!   passed or panicked. Each process leaves its template behind (tests have no hook at process
+//!   exit); the next run drops what exited processes left (see [`pg::sweep`]).
 //!
 //! Tests that only make sense on PostgreSQL carry
 //! `#[cfg_attr(not(orkestra_pg), ignore = "...")]`; the build script sets `orkestra_pg` when

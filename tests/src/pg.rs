@@ -63,9 +63,17 @@ pub fn database_name(kind: &str, pid: u32) -> String {
 /// Whether process `pid` of this machine is still running (`None` when this system cannot tell).
 fn process_alive(pid: u32) -> Option<bool> {
     let proc = std::path::Path::new("/proc");
-    proc.join("self")
-        .exists()
-        .then(|| proc.join(pid.to_string()).exists())
+    if proc.join("self").exists() {
+        return Some(proc.join(pid.to_string()).exists());
+    }
+    // Without /proc (macOS, the BSDs): `ps -p` succeeds exactly when the process exists.
+    std::process::Command::new("ps")
+        .args(["-p", &pid.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .ok()
+        .map(|status| status.success())
 }
 
 /// Opens a one-connection pool on the administration database.
@@ -173,11 +181,17 @@ pub async fn template(admin_url: &str) -> anyhow::Result<String> {
             admin.close().await?;
 
             let conn = Database::connect(options(&url_for(admin_url, &name)?)).await?;
-            Migrator::up(&conn, None)
-                .await
-                .with_context(|| format!("migrating the template database {name}"))?;
+            let migrated = Migrator::up(&conn, None).await;
             // CREATE DATABASE ... TEMPLATE refuses a template that has sessions open.
             conn.close().await?;
+            if let Err(error) = migrated {
+                // Not left behind: every later test of this process would make another one.
+                let cleanup = self::admin(admin_url).await?;
+                drop_database(&cleanup, &name).await?;
+                cleanup.close().await?;
+                return Err(anyhow::Error::new(error)
+                    .context(format!("migrating the template database {name}")));
+            }
             Ok(name)
         })
         .await
