@@ -5,7 +5,10 @@
 use std::fmt::Debug;
 use std::future::Future;
 
-use orkestra_entity::{group_members, groups, tasks, tenants, users};
+use orkestra_entity::{
+    audit_events, conversations, group_members, groups, messages, task_history, tasks, tenants,
+    users,
+};
 use orkestra_repository::{Actor, Error, RequestContext};
 use sea_orm::{ColumnTrait, ConnectionTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, Select};
 use uuid::Uuid;
@@ -22,7 +25,7 @@ pub fn ctx(tenant: Uuid) -> RequestContext {
     .expect("a non-nil tenant")
 }
 
-/// The rows of the tables the user, group and tenant repositories write, each in key order.
+/// Every row of every table, each table in key order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// Tenants.
@@ -35,6 +38,14 @@ pub struct Snapshot {
     pub memberships: Vec<group_members::Model>,
     /// Tasks (group deletion must leave them alone).
     pub tasks: Vec<tasks::Model>,
+    /// Task history.
+    pub history: Vec<task_history::Model>,
+    /// Conversations.
+    pub conversations: Vec<conversations::Model>,
+    /// Messages.
+    pub messages: Vec<messages::Model>,
+    /// Audit events.
+    pub audit: Vec<audit_events::Model>,
 }
 
 impl Snapshot {
@@ -95,6 +106,38 @@ impl Snapshot {
                 .order_by_asc(tasks::Column::Id)
                 .all(db)
                 .await?,
+            history: only(
+                task_history::Entity::find(),
+                task_history::Column::TenantId,
+                tenant,
+            )
+            .order_by_asc(task_history::Column::TenantId)
+            .order_by_asc(task_history::Column::Id)
+            .all(db)
+            .await?,
+            conversations: only(
+                conversations::Entity::find(),
+                conversations::Column::TenantId,
+                tenant,
+            )
+            .order_by_asc(conversations::Column::TenantId)
+            .order_by_asc(conversations::Column::Id)
+            .all(db)
+            .await?,
+            messages: only(messages::Entity::find(), messages::Column::TenantId, tenant)
+                .order_by_asc(messages::Column::TenantId)
+                .order_by_asc(messages::Column::Id)
+                .all(db)
+                .await?,
+            audit: only(
+                audit_events::Entity::find(),
+                audit_events::Column::TenantId,
+                tenant,
+            )
+            .order_by_asc(audit_events::Column::TenantId)
+            .order_by_asc(audit_events::Column::Id)
+            .all(db)
+            .await?,
         })
     }
 }
