@@ -441,27 +441,6 @@ mod tests {
         values.len() / COLUMNS
     }
 
-    /// Asserts a `SELECT` carries `"tenant_id" = $n` with the context's tenant as `$n`.
-    #[track_caller]
-    fn assert_select_scoped(statement: &Statement, ctx: &RequestContext) {
-        let predicate = r#""audit_events"."tenant_id" = $"#;
-        let at = statement
-            .sql
-            .find(predicate)
-            .unwrap_or_else(|| panic!("no tenant predicate in {}", statement.sql));
-        let digits: String = statement.sql[at + predicate.len()..]
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        let index: usize = digits.parse().expect("a parameter number");
-        assert_eq!(
-            values(statement)[index - 1],
-            DbValue::from(ctx.tenant_id()),
-            "{}",
-            statement.sql
-        );
-    }
-
     #[test]
     fn columns_is_the_column_count_of_audit_events() {
         assert_eq!(audit_events::Column::iter().count(), COLUMNS);
@@ -595,7 +574,7 @@ mod tests {
         let statements = statements(db);
         assert_eq!(statements.len(), 2);
         for statement in &statements {
-            assert_select_scoped(statement, &ctx);
+            crate::testing::assert_scoped(statement, ctx.tenant_id());
             assert!(
                 statement.sql.contains(
                     r#"ORDER BY "audit_events"."created_at" DESC, "audit_events"."id" DESC LIMIT $"#
@@ -642,7 +621,7 @@ mod tests {
                 "{}",
                 statement.sql
             );
-            assert_select_scoped(statement, &ctx);
+            crate::testing::assert_scoped(statement, ctx.tenant_id());
         }
         Ok(())
     }
