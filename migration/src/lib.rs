@@ -23,6 +23,10 @@ mod m20261125_000004_create_tasks;
 mod m20261125_000005_create_audit_events;
 mod m20261125_000006_conversation_external_key;
 mod m20261125_000007_audit_query_indexes;
+mod m20261125_000008_row_level_security;
+mod m20261125_000009_audit_append_only;
+
+pub use m20261125_000008_row_level_security::{APP_ROLE, SYSTEM_ROLE};
 
 /// The ordered list of Orkestra migrations.
 pub struct Migrator;
@@ -38,6 +42,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000005_create_audit_events::Migration),
             Box::new(m20261125_000006_conversation_external_key::Migration),
             Box::new(m20261125_000007_audit_query_indexes::Migration),
+            Box::new(m20261125_000008_row_level_security::Migration),
+            Box::new(m20261125_000009_audit_append_only::Migration),
         ]
     }
 }
