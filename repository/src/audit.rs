@@ -9,7 +9,7 @@ use orkestra_entity::audit_events;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr,
     EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
-    TransactionSession, TransactionTrait, sea_query::Expr,
+    TransactionTrait, sea_query::Expr,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -18,7 +18,7 @@ use crate::clock::{bound, utc};
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{Page, PageRequest, TimeCursor};
-use crate::{now, scope, validate};
+use crate::{now, scope, tenant_transaction, validate};
 
 /// The most events [`AuditRepository::record_many`] writes in one call.
 ///
@@ -171,10 +171,11 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
         ctx: &RequestContext,
         event: NewAuditEvent,
     ) -> Result<audit_events::Model> {
-        row(ctx, event, Uuid::now_v7(), now())?
-            .insert(self.db)
-            .await
-            .or_reference(TENANT_FKEY)
+        let row = row(ctx, event, Uuid::now_v7(), now())?;
+        tenant_transaction(self.db, ctx, async |txn| {
+            row.insert(txn).await.or_reference(TENANT_FKEY)
+        })
+        .await
     }
 
     /// Records several events in the context's tenant in one `INSERT`, all or none; returns how
@@ -229,19 +230,17 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
             DbBackend::Sqlite => SQLITE_PARAMETERS_MAX / COLUMNS,
             _ => RECORD_MANY_MAX,
         };
-        if rows.len() <= chunk {
-            return insert(self.db, rows).await.or_reference(TENANT_FKEY);
-        }
-        let txn = self.db.begin().await?;
-        let mut written = 0;
-        let mut rows = rows.into_iter().peekable();
-        while rows.peek().is_some() {
-            written += insert(&txn, rows.by_ref().take(chunk).collect())
-                .await
-                .or_reference(TENANT_FKEY)?;
-        }
-        txn.commit().await?;
-        Ok(written)
+        tenant_transaction(self.db, ctx, async |txn| {
+            let mut written = 0;
+            let mut rows = rows.into_iter().peekable();
+            while rows.peek().is_some() {
+                written += insert(txn, rows.by_ref().take(chunk).collect())
+                    .await
+                    .or_reference(TENANT_FKEY)?;
+            }
+            Ok(written)
+        })
+        .await
     }
 
     /// A page of the tenant's events matching `query`, newest first (by `created_at`, then id).
@@ -271,12 +270,11 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
                 ])),
             );
         }
-        let rows = select
+        let select = select
             .order_by_desc(audit_events::Column::CreatedAt)
             .order_by_desc(audit_events::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
+            .limit(page.fetch()?);
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |event| TimeCursor {
             created_at: event.created_at,
             id: event.id,
@@ -290,7 +288,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
     ///   NUL-holding); `from` after `to`;
     /// - [`Error::Db`].
     pub async fn count(&self, ctx: &RequestContext, query: &AuditQuery) -> Result<u64> {
-        Ok(filtered(ctx, query)?.count(self.db).await?)
+        let select = filtered(ctx, query)?;
+        tenant_transaction(self.db, ctx, async |txn| Ok(select.count(txn).await?)).await
     }
 }
 

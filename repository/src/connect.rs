@@ -18,7 +18,9 @@ pub struct DbConfig {
     pub max_connections: u32,
     /// Connections kept open even when idle (default 1).
     pub min_connections: u32,
-    /// How long a call waits for a free connection before failing with [`Error::Db`] (default 5 s).
+    /// How long a call waits for a free connection before failing with [`Error::PoolTimeout`]
+    /// (default 5 s). Keep it below the caller's own request timeout, so a saturated pool or an
+    /// unreachable server fails the request with a clear error instead of hanging it.
     pub acquire_timeout: Duration,
     /// How long opening one connection may take (default 5 s).
     pub connect_timeout: Duration,
@@ -71,6 +73,9 @@ impl DbConfig {
             .connect_timeout(self.connect_timeout)
             .idle_timeout(self.idle_timeout)
             .max_lifetime(self.max_lifetime)
+            // A connection the server dropped (restart, failover, `pg_terminate_backend`) is
+            // found dead when taken from the pool and replaced, so the process recovers by itself.
+            .test_before_acquire(true)
             .sqlx_logging(true)
             .sqlx_logging_level(log::LevelFilter::Debug)
             .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, self.slow_statement);

@@ -10,7 +10,7 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionSession, TransactionTrait,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait, Func, OnConflict},
 };
 use serde_json::Value;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest, TimeCursor};
-use crate::{clock, now, scope, validate};
+use crate::{clock, now, scope, tenant_transaction, validate};
 
 /// The unique constraint a second conversation with the same channel and external id violates.
 pub const EXTERNAL_KEY: &str = "conversations_tenant_id_channel_external_id_key";
@@ -125,10 +125,13 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
             conversation.channel.as_deref(),
             validate::LABEL_MAX,
         )?;
-        new_row(ctx, conversation.participant, external_id, channel)
-            .insert(self.db)
-            .await
-            .or_constraints(EXTERNAL_KEY, TENANT_FKEY)
+        let row = new_row(ctx, conversation.participant, external_id, channel);
+        tenant_transaction(self.db, ctx, async |txn| {
+            row.insert(txn)
+                .await
+                .or_constraints(EXTERNAL_KEY, TENANT_FKEY)
+        })
+        .await
     }
 
     /// The conversation with this id in the context's tenant, if any.
@@ -140,10 +143,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
         ctx: &RequestContext,
         id: Uuid,
     ) -> Result<Option<conversations::Model>> {
-        Ok(scope::find::<conversations::Entity>(ctx)
-            .filter(conversations::Column::Id.eq(id))
-            .one(self.db)
-            .await?)
+        let query =
+            scope::find::<conversations::Entity>(ctx).filter(conversations::Column::Id.eq(id));
+        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// The conversation with this external id on this channel (both compared trimmed) in the
@@ -160,7 +162,10 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
     ) -> Result<Option<conversations::Model>> {
         let channel = validate::text("channel", channel, validate::LABEL_MAX)?;
         let external_id = validate::text("external_id", external_id, validate::ID_MAX)?;
-        self.by_external_id(ctx, &channel, &external_id).await
+        tenant_transaction(self.db, ctx, async |txn| {
+            by_external_id(txn, ctx, &channel, &external_id).await
+        })
+        .await
     }
 
     /// The conversation with this external id on this channel, created (active, with
@@ -194,31 +199,34 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
         validate::json_object("participant", &participant)?;
         // The read after an insert that did nothing misses the row only when it is deleted in
         // between; trying again then creates it anew.
-        for _ in 0..GET_OR_CREATE_ATTEMPTS {
-            let row = new_row(
-                ctx,
-                participant.clone(),
-                Some(external_id.clone()),
-                Some(channel.clone()),
-            );
-            let inserted = conversations::Entity::insert(row)
-                .on_conflict(
-                    OnConflict::columns([
-                        conversations::Column::TenantId,
-                        conversations::Column::Channel,
-                        conversations::Column::ExternalId,
-                    ])
-                    .do_nothing()
-                    .to_owned(),
-                )
-                .exec_without_returning(self.db)
-                .await
-                .or_reference(TENANT_FKEY)?;
-            if let Some(found) = self.by_external_id(ctx, &channel, &external_id).await? {
-                return Ok((found, inserted > 0));
+        tenant_transaction(self.db, ctx, async |txn| {
+            for _ in 0..GET_OR_CREATE_ATTEMPTS {
+                let row = new_row(
+                    ctx,
+                    participant.clone(),
+                    Some(external_id.clone()),
+                    Some(channel.clone()),
+                );
+                let inserted = conversations::Entity::insert(row)
+                    .on_conflict(
+                        OnConflict::columns([
+                            conversations::Column::TenantId,
+                            conversations::Column::Channel,
+                            conversations::Column::ExternalId,
+                        ])
+                        .do_nothing()
+                        .to_owned(),
+                    )
+                    .exec_without_returning(txn)
+                    .await
+                    .or_reference(TENANT_FKEY)?;
+                if let Some(found) = by_external_id(txn, ctx, &channel, &external_id).await? {
+                    return Ok((found, inserted > 0));
+                }
             }
-        }
-        Err(Error::not_found(ENTITY, format!("{channel}/{external_id}")))
+            Err(Error::not_found(ENTITY, format!("{channel}/{external_id}")))
+        })
+        .await
     }
 
     /// Appends a message to an active conversation and moves the conversation's `updated_at`
@@ -246,37 +254,38 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
         if let Some(metadata) = &message.metadata {
             validate::json_object("metadata", metadata)?;
         }
-        let txn = self.db.begin().await?;
-        // SQLite's RETURNING does not show what the AFTER trigger writes, so the statement moves
-        // `updated_at` itself; PostgreSQL's trigger moves it either way.
-        let touched = scope::update_many::<conversations::Entity>(ctx)
-            .col_expr(conversations::Column::UpdatedAt, Expr::value(now()))
-            .filter(conversations::Column::Id.eq(conversation_id))
-            .filter(conversations::Column::Status.eq(ConversationStatus::Active))
-            .exec_with_returning(&txn)
+        let metadata = message.metadata;
+        tenant_transaction(self.db, ctx, async |txn| {
+            // SQLite's RETURNING does not show what the AFTER trigger writes, so the statement moves
+            // `updated_at` itself; PostgreSQL's trigger moves it either way.
+            let touched = scope::update_many::<conversations::Entity>(ctx)
+                .col_expr(conversations::Column::UpdatedAt, Expr::value(now()))
+                .filter(conversations::Column::Id.eq(conversation_id))
+                .filter(conversations::Column::Status.eq(ConversationStatus::Active))
+                .exec_with_returning(txn)
+                .await?;
+            if touched.is_empty() {
+                return Err(refusal(txn, ctx, conversation_id, "append a message to").await);
+            }
+            // Taken after the update holds the conversation's row lock, so that on PostgreSQL messages
+            // of one conversation from one service instance get `created_at` in the order they commit,
+            // and a reader paging by `(created_at, id)` does not skip one committed late with an
+            // earlier time. Instances whose clocks disagree can still interleave by their skew.
+            let created_at = now();
+            let message = messages::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(ctx.tenant_id()),
+                conversation_id: Set(conversation_id),
+                role: Set(role),
+                content: Set(content),
+                metadata: Set(metadata),
+                created_at: Set(created_at),
+            }
+            .insert(txn)
             .await?;
-        if touched.is_empty() {
-            // Dropping `txn` rolls it back; the update changed nothing anyway.
-            return Err(refusal(&txn, ctx, conversation_id, "append a message to").await);
-        }
-        // Taken after the update holds the conversation's row lock, so that on PostgreSQL messages
-        // of one conversation from one service instance get `created_at` in the order they commit,
-        // and a reader paging by `(created_at, id)` does not skip one committed late with an
-        // earlier time. Instances whose clocks disagree can still interleave by their skew.
-        let created_at = now();
-        let message = messages::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            tenant_id: Set(ctx.tenant_id()),
-            conversation_id: Set(conversation_id),
-            role: Set(role),
-            content: Set(content),
-            metadata: Set(message.metadata),
-            created_at: Set(created_at),
-        }
-        .insert(&txn)
-        .await?;
-        txn.commit().await?;
-        Ok(message)
+            Ok(message)
+        })
+        .await
     }
 
     /// A page of a conversation's messages, oldest first (by `created_at`, then id).
@@ -307,12 +316,11 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
                 ])),
             );
         }
-        let rows = query
+        let query = query
             .order_by_asc(messages::Column::CreatedAt)
             .order_by_asc(messages::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
+            .limit(page.fetch()?);
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |message| TimeCursor {
             created_at: message.created_at,
             id: message.id,
@@ -328,7 +336,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
     /// - [`Error::Db`].
     pub async fn close(&self, ctx: &RequestContext, id: Uuid) -> Result<conversations::Model> {
         let now = now();
-        let closed = scope::update_many::<conversations::Entity>(ctx)
+        let close = scope::update_many::<conversations::Entity>(ctx)
             .col_expr(
                 conversations::Column::Status,
                 Expr::value(ConversationStatus::Closed),
@@ -336,14 +344,14 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
             .col_expr(conversations::Column::ClosedAt, Expr::value(now))
             .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
             .filter(conversations::Column::Id.eq(id))
-            .filter(conversations::Column::Status.eq(ConversationStatus::Active))
-            .exec_with_returning(self.db)
-            .await?
-            .pop();
-        match closed {
-            Some(conversation) => Ok(conversation),
-            None => Err(refusal(self.db, ctx, id, "close").await),
-        }
+            .filter(conversations::Column::Status.eq(ConversationStatus::Active));
+        tenant_transaction(self.db, ctx, async |txn| {
+            match close.exec_with_returning(txn).await?.pop() {
+                Some(conversation) => Ok(conversation),
+                None => Err(refusal(txn, ctx, id, "close").await),
+            }
+        })
+        .await
     }
 
     /// Archives an active or closed conversation; returns it as stored. `closed_at` keeps the
@@ -355,7 +363,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
     /// - [`Error::Db`].
     pub async fn archive(&self, ctx: &RequestContext, id: Uuid) -> Result<conversations::Model> {
         let now = now();
-        let archived = scope::update_many::<conversations::Entity>(ctx)
+        let archive = scope::update_many::<conversations::Entity>(ctx)
             .col_expr(
                 conversations::Column::Status,
                 Expr::value(ConversationStatus::Archived),
@@ -370,14 +378,14 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
             .filter(
                 conversations::Column::Status
                     .is_in([ConversationStatus::Active, ConversationStatus::Closed]),
-            )
-            .exec_with_returning(self.db)
-            .await?
-            .pop();
-        match archived {
-            Some(conversation) => Ok(conversation),
-            None => Err(refusal(self.db, ctx, id, "archive").await),
-        }
+            );
+        tenant_transaction(self.db, ctx, async |txn| {
+            match archive.exec_with_returning(txn).await?.pop() {
+                Some(conversation) => Ok(conversation),
+                None => Err(refusal(txn, ctx, id, "archive").await),
+            }
+        })
+        .await
     }
 
     /// A page of the tasks raised in a conversation, in creation order (ids are UUIDv7).
@@ -395,21 +403,24 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
     ) -> Result<Page<tasks::Model, Uuid>> {
         let query = scope::find::<tasks::Entity>(ctx)
             .filter(tasks::Column::ConversationId.eq(conversation_id));
-        page::by_id(self.db, query, tasks::Column::Id, page, |task| task.id).await
+        let query = page::by_id(query, tasks::Column::Id, page)?;
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        Ok(Page::from_rows(rows, page.limit, |task| task.id))
     }
+}
 
-    async fn by_external_id(
-        &self,
-        ctx: &RequestContext,
-        channel: &str,
-        external_id: &str,
-    ) -> Result<Option<conversations::Model>> {
-        Ok(scope::find::<conversations::Entity>(ctx)
-            .filter(conversations::Column::Channel.eq(channel))
-            .filter(conversations::Column::ExternalId.eq(external_id))
-            .one(self.db)
-            .await?)
-    }
+/// The conversation with this (already validated) channel and external id.
+async fn by_external_id(
+    db: &impl ConnectionTrait,
+    ctx: &RequestContext,
+    channel: &str,
+    external_id: &str,
+) -> Result<Option<conversations::Model>> {
+    Ok(scope::find::<conversations::Entity>(ctx)
+        .filter(conversations::Column::Channel.eq(channel))
+        .filter(conversations::Column::ExternalId.eq(external_id))
+        .one(db)
+        .await?)
 }
 
 /// How many times [`ConversationRepository::get_or_create`] inserts and reads before giving up.

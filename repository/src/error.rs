@@ -1,7 +1,7 @@
 //! The one error type of the repositories.
 
 use orkestra_entity::sea_orm_active_enums::TaskStatus;
-use sea_orm::{DbErr, RuntimeErr, SqlErr};
+use sea_orm::{ConnAcquireErr, DbErr, RuntimeErr, SqlErr, sqlx};
 use uuid::Uuid;
 
 /// A task operation, named in [`Error::InvalidTransition`] and [`Error::Forbidden`].
@@ -120,6 +120,19 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// The connection's database role may not do this: system-level work on a role that is not
+    /// `orkestra_system`, or a write the role holds no privilege for (the application role cannot
+    /// change or delete audit events, for one). PostgreSQL only.
+    #[error("permission denied: {reason}")]
+    Denied {
+        /// What was refused, as the database or the check put it.
+        reason: String,
+    },
+    /// No connection became free within the pool's acquire timeout
+    /// ([`DbConfig::acquire_timeout`](crate::DbConfig)): every connection is in use, or the server
+    /// cannot be reached. Nothing was sent; the call can be retried.
+    #[error("no database connection available within the pool's acquire timeout")]
+    PoolTimeout,
     /// Any other database failure (connection lost, pool timeout, ...).
     #[error("database error: {0}")]
     Db(#[source] DbErr),
@@ -157,6 +170,14 @@ impl Error {
         unique: Option<&str>,
         reference: Option<&str>,
     ) -> Error {
+        if matches!(error, DbErr::ConnectionAcquire(ConnAcquireErr::Timeout)) {
+            return Error::PoolTimeout;
+        }
+        if driver_code(&error).as_deref() == Some(INSUFFICIENT_PRIVILEGE) {
+            return Error::Denied {
+                reason: driver_message(&error).unwrap_or_else(|| error.to_string()),
+            };
+        }
         let Some(kind) = error.sql_err() else {
             return Error::Db(error);
         };
@@ -182,15 +203,36 @@ impl Error {
     }
 }
 
-/// The constraint name the driver reports (PostgreSQL does; SQLite does not).
-fn driver_constraint(error: &DbErr) -> Option<String> {
+/// SQLSTATE `insufficient_privilege`: a missing privilege, or the audit trail's refusal of an update.
+const INSUFFICIENT_PRIVILEGE: &str = "42501";
+
+/// The database error the driver reports, if the error is one.
+fn database_error(error: &DbErr) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
     match error {
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => e
-            .as_database_error()
-            .and_then(|e| e.constraint())
-            .map(str::to_owned),
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            e.as_database_error()
+        }
         _ => None,
     }
+}
+
+/// The SQLSTATE the driver reports.
+fn driver_code(error: &DbErr) -> Option<String> {
+    database_error(error)
+        .and_then(|e| e.code())
+        .map(|code| code.into_owned())
+}
+
+/// The server's message, as it wrote it.
+fn driver_message(error: &DbErr) -> Option<String> {
+    database_error(error).map(|e| e.message().to_owned())
+}
+
+/// The constraint name the driver reports (PostgreSQL does; SQLite does not).
+fn driver_constraint(error: &DbErr) -> Option<String> {
+    database_error(error)
+        .and_then(|e| e.constraint())
+        .map(str::to_owned)
 }
 
 impl From<DbErr> for Error {

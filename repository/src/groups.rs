@@ -8,8 +8,9 @@ use orkestra_entity::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, JoinType, QueryFilter,
-    QueryOrder, QuerySelect, QueryTrait, TransactionTrait, TryInsertResult,
+    ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, JoinType,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
+    TryInsertResult,
     sea_query::{Expr, ExprTrait, Func},
 };
 use uuid::Uuid;
@@ -17,7 +18,7 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
-use crate::{now, scope, validate};
+use crate::{now, scope, tenant_transaction, validate};
 
 /// The unique constraint a duplicate group slug violates.
 pub const SLUG_KEY: &str = "groups_tenant_id_slug_key";
@@ -105,7 +106,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             validate::DESCRIPTION_MAX,
         )?;
         let at = now();
-        groups::ActiveModel {
+        let group = groups::ActiveModel {
             id: Set(Uuid::now_v7()),
             tenant_id: Set(ctx.tenant_id()),
             name: Set(name),
@@ -116,10 +117,14 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
                 .unwrap_or(AssignmentStrategy::RoundRobin)),
             created_at: Set(at),
             updated_at: Set(at),
-        }
-        .insert(self.db)
+        };
+        tenant_transaction(self.db, ctx, async |txn| {
+            group
+                .insert(txn)
+                .await
+                .or_constraints(SLUG_KEY, TENANT_FKEY)
+        })
         .await
-        .or_constraints(SLUG_KEY, TENANT_FKEY)
     }
 
     /// The group with this id in the context's tenant, if any.
@@ -131,10 +136,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         ctx: &RequestContext,
         id: Uuid,
     ) -> Result<Option<groups::Model>> {
-        Ok(scope::find::<groups::Entity>(ctx)
-            .filter(groups::Column::Id.eq(id))
-            .one(self.db)
-            .await?)
+        let query = scope::find::<groups::Entity>(ctx).filter(groups::Column::Id.eq(id));
+        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// The group with this slug in the context's tenant, if any.
@@ -147,10 +150,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         slug: &str,
     ) -> Result<Option<groups::Model>> {
         let slug = validate::slug("slug", slug)?;
-        Ok(scope::find::<groups::Entity>(ctx)
-            .filter(groups::Column::Slug.eq(slug))
-            .one(self.db)
-            .await?)
+        let query = scope::find::<groups::Entity>(ctx).filter(groups::Column::Slug.eq(slug));
+        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// A page of the tenant's groups, in creation order.
@@ -163,7 +164,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         page: &PageRequest<Uuid>,
     ) -> Result<Page<groups::Model, Uuid>> {
         let query = scope::find::<groups::Entity>(ctx);
-        page::by_id(self.db, query, groups::Column::Id, page, |group| group.id).await
+        let query = page::by_id(query, groups::Column::Id, page)?;
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        Ok(Page::from_rows(rows, page.limit, |group| group.id))
     }
 
     /// Changes a group's name, description and/or assignment strategy; returns it as stored.
@@ -202,13 +205,17 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         if !changed {
             return Err(Error::validation("update", "names no field to change"));
         }
-        statement
+        let statement = statement
             .col_expr(groups::Column::UpdatedAt, Expr::value(now()))
-            .filter(groups::Column::Id.eq(id))
-            .exec_with_returning(self.db)
-            .await?
-            .pop()
-            .ok_or_else(|| Error::not_found("group", id))
+            .filter(groups::Column::Id.eq(id));
+        tenant_transaction(self.db, ctx, async |txn| {
+            statement
+                .exec_with_returning(txn)
+                .await?
+                .pop()
+                .ok_or_else(|| Error::not_found("group", id))
+        })
+        .await
     }
 
     /// Deletes a group and its memberships. A group that any task names, open or finished, cannot
@@ -220,11 +227,11 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
     /// - [`Error::Reference`] ([`TASK_GROUP_FKEY`]): a task (open or finished) names the group;
     /// - [`Error::Db`].
     pub async fn delete(&self, ctx: &RequestContext, id: Uuid) -> Result<()> {
-        let deleted = scope::delete_many::<groups::Entity>(ctx)
-            .filter(groups::Column::Id.eq(id))
-            .exec(self.db)
-            .await
-            .or_reference(TASK_GROUP_FKEY)?;
+        let statement = scope::delete_many::<groups::Entity>(ctx).filter(groups::Column::Id.eq(id));
+        let deleted = tenant_transaction(self.db, ctx, async |txn| {
+            statement.exec(txn).await.or_reference(TASK_GROUP_FKEY)
+        })
+        .await?;
         if deleted.rows_affected == 0 {
             return Err(Error::not_found("group", id));
         }
@@ -244,34 +251,39 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         group_id: Uuid,
         user_id: Uuid,
     ) -> Result<bool> {
-        let inserted = group_members::Entity::insert(group_members::ActiveModel {
+        let statement = group_members::Entity::insert(group_members::ActiveModel {
             tenant_id: Set(ctx.tenant_id()),
             group_id: Set(group_id),
             user_id: Set(user_id),
         })
-        .on_conflict_do_nothing()
-        .exec_without_returning(self.db)
-        .await;
-        match inserted {
-            Ok(TryInsertResult::Inserted(rows)) => Ok(rows > 0),
-            Ok(TryInsertResult::Conflicted | TryInsertResult::Empty) => Ok(false),
-            Err(error) => {
-                let error = Error::from(error);
-                if !error.is_unnamed_reference() {
-                    return Err(error);
+        .on_conflict_do_nothing();
+        tenant_transaction(self.db, ctx, async |txn| {
+            match statement.exec_without_returning(txn).await {
+                Ok(TryInsertResult::Inserted(rows)) => Ok(rows > 0),
+                Ok(TryInsertResult::Conflicted | TryInsertResult::Empty) => Ok(false),
+                Err(error) => {
+                    let error = Error::from(error);
+                    if !error.is_unnamed_reference() {
+                        return Err(error);
+                    }
+                    // SQLite does not say which key refused (and its transaction survives the
+                    // refusal); the group is checked first, as PostgreSQL would report it.
+                    let groups_found = scope::find::<groups::Entity>(ctx)
+                        .filter(groups::Column::Id.eq(group_id))
+                        .count(txn)
+                        .await?;
+                    let constraint = if groups_found == 0 {
+                        MEMBER_GROUP_FKEY
+                    } else {
+                        MEMBER_USER_FKEY
+                    };
+                    Err(Error::Reference {
+                        constraint: constraint.to_owned(),
+                    })
                 }
-                // SQLite does not say which key refused; the group is checked first, as
-                // PostgreSQL would report it.
-                let constraint = if self.find_by_id(ctx, group_id).await?.is_none() {
-                    MEMBER_GROUP_FKEY
-                } else {
-                    MEMBER_USER_FKEY
-                };
-                Err(Error::Reference {
-                    constraint: constraint.to_owned(),
-                })
             }
-        }
+        })
+        .await
     }
 
     /// Removes a user from a group; returns whether they were a member.
@@ -284,11 +296,11 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         group_id: Uuid,
         user_id: Uuid,
     ) -> Result<bool> {
-        let deleted = scope::delete_many::<group_members::Entity>(ctx)
+        let statement = scope::delete_many::<group_members::Entity>(ctx)
             .filter(group_members::Column::GroupId.eq(group_id))
-            .filter(group_members::Column::UserId.eq(user_id))
-            .exec(self.db)
-            .await?;
+            .filter(group_members::Column::UserId.eq(user_id));
+        let deleted =
+            tenant_transaction(self.db, ctx, async |txn| Ok(statement.exec(txn).await?)).await?;
         Ok(deleted.rows_affected > 0)
     }
 
@@ -310,7 +322,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             .into_query();
         let query =
             scope::find::<users::Entity>(ctx).filter(users::Column::Id.in_subquery(member_ids));
-        page::by_id(self.db, query, users::Column::Id, page, |user| user.id).await
+        let query = page::by_id(query, users::Column::Id, page)?;
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        Ok(Page::from_rows(rows, page.limit, |user| user.id))
     }
 
     /// The groups a user belongs to, in creation order.
@@ -327,11 +341,10 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             .column(group_members::Column::GroupId)
             .filter(group_members::Column::UserId.eq(user_id))
             .into_query();
-        Ok(scope::find::<groups::Entity>(ctx)
+        let query = scope::find::<groups::Entity>(ctx)
             .filter(groups::Column::Id.in_subquery(group_ids))
-            .order_by_asc(groups::Column::Id)
-            .all(self.db)
-            .await?)
+            .order_by_asc(groups::Column::Id);
+        tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
     }
 
     /// Each member of a group with their count of open tasks, least loaded first (ties by user
@@ -371,8 +384,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             .order_by_asc(open_tasks())
             .order_by_asc(group_members::Column::UserId);
         QueryTrait::query(&mut select).join(JoinType::LeftJoin, tasks::Entity, on);
-        let rows = select.into_model::<MemberWorkload>().all(self.db).await?;
-        Ok(rows)
+        let select = select.into_model::<MemberWorkload>();
+        tenant_transaction(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await
     }
 }
 

@@ -33,6 +33,7 @@ pub mod groups;
 mod lint_probe;
 pub mod page;
 pub mod scope;
+pub mod system;
 pub mod tasks;
 pub mod tenants;
 #[cfg(test)]
@@ -48,9 +49,10 @@ pub use conversations::{ConversationRepository, NewConversation, NewMessage};
 pub use error::{Error, Result, TaskAction};
 pub use groups::{GroupRepository, GroupUpdate, MemberWorkload, NewGroup};
 pub use page::{Page, PageRequest, TimeCursor};
+pub use system::SystemRepository;
 pub use tasks::{AssignTo, InboxCursor, NewTask, OverdueCursor, Sla, TaskRepository};
 pub use tenants::{NewTenant, TenantRepository, TenantUpdate};
-pub use tx::transaction;
+pub use tx::{system_transaction, tenant_transaction, transaction};
 pub use users::{NewUser, UserFilter, UserRepository, UserUpdate};
 
 pub(crate) use clock::now;

@@ -2,9 +2,7 @@
 //! caller reads and stay stable while rows are added.
 
 use chrono::{DateTime, FixedOffset};
-use sea_orm::{
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select,
-};
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Select};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -69,24 +67,22 @@ impl<T, C> Page<T, C> {
     }
 }
 
-/// Reads the page of `query` that `page` asks for, in `id` order: the keyset of every list ordered
-/// by creation, since ids are UUIDv7.
-pub(crate) async fn by_id<E, C>(
-    db: &C,
+/// The page of `query` that `page` asks for, in `id` order: the keyset of every list ordered by
+/// creation, since ids are UUIDv7. Fetches one row more than the page holds, so that
+/// [`Page::from_rows`] can tell whether another page follows.
+///
+/// # Errors
+/// [`Error::Validation`](crate::Error::Validation) for a limit outside 1..=500, before anything
+/// is sent.
+pub(crate) fn by_id<E: EntityTrait>(
     mut query: Select<E>,
     id: E::Column,
     page: &PageRequest<Uuid>,
-    id_of: impl Fn(&E::Model) -> Uuid,
-) -> Result<Page<E::Model, Uuid>>
-where
-    E: EntityTrait,
-    C: ConnectionTrait,
-{
+) -> Result<Select<E>> {
     if let Some(after) = page.after {
         query = query.filter(id.gt(after));
     }
-    let rows = query.order_by_asc(id).limit(page.fetch()?).all(db).await?;
-    Ok(Page::from_rows(rows, page.limit, id_of))
+    Ok(query.order_by_asc(id).limit(page.fetch()?))
 }
 
 /// The position of a row in a list ordered by `(created_at, id)` (messages; audit events, newest

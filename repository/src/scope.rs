@@ -113,12 +113,20 @@ pub fn delete_many<E: TenantOwned>(ctx: &RequestContext) -> DeleteMany<E> {
     E::delete_many().for_tenant(ctx)
 }
 
-/// Queries on the one system-level table, `tenants`. Tenant administration only: nothing here can
-/// reach a tenant-owned table.
+/// Statements of system-level work, run only in a
+/// [`system_transaction`](crate::system_transaction): tenant administration on `tenants`, and
+/// audit retention, the one statement that reaches a tenant-owned table across tenants.
 pub mod system {
-    use sea_orm::{EntityTrait, Select, UpdateMany};
+    use orkestra_entity::audit_events;
+    use sea_orm::{DeleteMany, EntityTrait, Select, UpdateMany};
 
     use super::tenants;
+
+    /// `DELETE FROM audit_events ...`, across tenants: retention only.
+    #[allow(clippy::disallowed_methods)] // The system-level entry point itself.
+    pub fn delete_audit_events() -> DeleteMany<audit_events::Entity> {
+        audit_events::Entity::delete_many()
+    }
 
     /// `SELECT ... FROM tenants`.
     #[allow(clippy::disallowed_methods)] // The system-level entry point itself.

@@ -30,8 +30,7 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionSession, TransactionTrait,
-    UpdateMany,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait, UpdateMany,
     sea_query::{Expr, ExprTrait, NullOrdering},
 };
 use serde::{Deserialize, Serialize};
@@ -42,7 +41,7 @@ use crate::clock::utc;
 use crate::context::RequestContext;
 use crate::error::{Error, Result, TaskAction};
 use crate::page::{self, Page, PageRequest};
-use crate::{now, scope, validate};
+use crate::{now, scope, tenant_transaction, validate};
 
 /// The foreign key a task naming a user outside the tenant as assignee violates.
 pub const ASSIGNEE_FKEY: &str = "tasks_tenant_id_assigned_user_id_fkey";
@@ -281,24 +280,25 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             completed_by: Set(None),
         };
 
-        let txn = self.db.begin().await?;
-        let created = match model.insert(&txn).await {
-            Ok(created) => created,
-            Err(error) => {
-                let error = self
-                    .name_reference(&txn, ctx, error, assign_to, task.conversation_id)
-                    .await;
-                return Err(error);
-            }
-        };
-        let details = json!({
-            "status": status.as_str(),
-            "assigned_user_id": created.assigned_user_id,
-            "assigned_group_id": created.assigned_group_id,
-        });
-        record(&txn, ctx, &created, "created", details).await?;
-        txn.commit().await?;
-        Ok(created)
+        tenant_transaction(self.db, ctx, async |txn| {
+            let created = match model.insert(txn).await {
+                Ok(created) => created,
+                Err(error) => {
+                    let error = self
+                        .name_reference(txn, ctx, error, assign_to, task.conversation_id)
+                        .await;
+                    return Err(error);
+                }
+            };
+            let details = json!({
+                "status": status.as_str(),
+                "assigned_user_id": created.assigned_user_id,
+                "assigned_group_id": created.assigned_group_id,
+            });
+            record(txn, ctx, &created, "created", details).await?;
+            Ok(created)
+        })
+        .await
     }
 
     /// The task with this id in the context's tenant, if any.
@@ -306,10 +306,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     /// # Errors
     /// [`Error::Db`].
     pub async fn find_by_id(&self, ctx: &RequestContext, id: Uuid) -> Result<Option<tasks::Model>> {
-        Ok(scope::find::<tasks::Entity>(ctx)
-            .filter(tasks::Column::Id.eq(id))
-            .one(self.db)
-            .await?)
+        let query = scope::find::<tasks::Entity>(ctx).filter(tasks::Column::Id.eq(id));
+        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// A user's inbox: the tasks waiting to be claimed (created, assigned or escalated) that are
@@ -339,13 +337,12 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         if let Some(after) = &page.after {
             query = query.filter(after_inbox_cursor(after));
         }
-        let rows = query
+        let query = query
             .order_by_with_nulls(tasks::Column::SlaDeadline, Order::Asc, NullOrdering::Last)
             .order_by_asc(tasks::Column::CreatedAt)
             .order_by_asc(tasks::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
+            .limit(page.fetch()?);
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, InboxCursor::of))
     }
 
@@ -365,7 +362,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         let query = scope::find::<tasks::Entity>(ctx)
             .filter(tasks::Column::WorkflowId.eq(workflow_id))
             .filter(tasks::Column::WorkflowRunId.eq(workflow_run_id));
-        page::by_id(self.db, query, tasks::Column::Id, page, |task| task.id).await
+        let query = page::by_id(query, tasks::Column::Id, page)?;
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        Ok(Page::from_rows(rows, page.limit, |task| task.id))
     }
 
     /// The tenant's tasks in one status, in creation order.
@@ -379,7 +378,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         page: &PageRequest<Uuid>,
     ) -> Result<Page<tasks::Model, Uuid>> {
         let query = scope::find::<tasks::Entity>(ctx).filter(tasks::Column::Status.eq(status));
-        page::by_id(self.db, query, tasks::Column::Id, page, |task| task.id).await
+        let query = page::by_id(query, tasks::Column::Id, page)?;
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        Ok(Page::from_rows(rows, page.limit, |task| task.id))
     }
 
     /// The open tasks whose deadline passed before `now`, earliest deadline first: what an SLA
@@ -408,12 +409,11 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
                 ])),
             );
         }
-        let rows = query
+        let query = query
             .order_by_asc(tasks::Column::SlaDeadline)
             .order_by_asc(tasks::Column::Id)
-            .limit(page.fetch()?)
-            .all(self.db)
-            .await?;
+            .limit(page.fetch()?);
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |task| OverdueCursor {
             // Always set: the query only returns tasks with a deadline.
             sla_deadline: task.sla_deadline.unwrap_or(task.created_at),
@@ -430,12 +430,11 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         ctx: &RequestContext,
         task_id: Uuid,
     ) -> Result<Vec<task_history::Model>> {
-        Ok(scope::find::<task_history::Entity>(ctx)
+        let query = scope::find::<task_history::Entity>(ctx)
             .filter(task_history::Column::TaskId.eq(task_id))
             .order_by_asc(task_history::Column::CreatedAt)
-            .order_by_asc(task_history::Column::Id)
-            .all(self.db)
-            .await?)
+            .order_by_asc(task_history::Column::Id);
+        tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
     }
 
     /// Assigns (or reassigns) a task that is not claimed: it becomes `ASSIGNED` to `assign_to`.
@@ -695,66 +694,67 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         change: Transition<'_>,
         set: impl Fn(UpdateMany<tasks::Entity>) -> UpdateMany<tasks::Entity>,
     ) -> Result<tasks::Model> {
-        let txn = self.db.begin().await?;
-        let mut current = None;
-        for _ in 0..ATTEMPTS {
-            let mut update = scope::update_many::<tasks::Entity>(ctx)
-                .filter(tasks::Column::Id.eq(id))
-                .filter(tasks::Column::Status.is_in(change.from.iter().cloned()));
-            if let Some(who) = &change.who {
-                update = update.filter(who.condition.clone());
-            }
-            // Set here so that RETURNING shows it on SQLite too (PostgreSQL's trigger moves it on).
-            let update = set(update).col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
-            let written = match update.exec_with_returning(&txn).await {
-                Ok(mut rows) => rows.pop(),
-                Err(error) => {
-                    let assign_to = change.assign_to.unwrap_or(AssignTo {
-                        user_id: None,
-                        group_id: None,
-                    });
-                    return Err(self.name_reference(&txn, ctx, error, assign_to, None).await);
-                }
-            };
-            if let Some(task) = written {
-                let details = change.details.clone();
-                record(&txn, ctx, &task, change.action.history_label(), details).await?;
-                txn.commit().await?;
-                return Ok(task);
-            }
-            let task = scope::find::<tasks::Entity>(ctx)
-                .filter(tasks::Column::Id.eq(id))
-                .one(&txn)
-                .await?
-                .ok_or_else(|| Error::not_found("task", id))?;
-            if !change.from.contains(&task.status) {
-                return Err(Error::InvalidTransition {
-                    task_id: id,
-                    current: task.status,
-                    action: change.action,
-                });
-            }
-            if let Some(who) = &change.who {
-                let allowed = scope::find::<tasks::Entity>(ctx)
+        tenant_transaction(self.db, ctx, async |txn| {
+            let mut current = None;
+            for _ in 0..ATTEMPTS {
+                let mut update = scope::update_many::<tasks::Entity>(ctx)
                     .filter(tasks::Column::Id.eq(id))
-                    .filter(who.condition.clone())
-                    .count(&txn)
-                    .await?;
-                if allowed == 0 {
-                    return Err(Error::Forbidden {
+                    .filter(tasks::Column::Status.is_in(change.from.iter().cloned()));
+                if let Some(who) = &change.who {
+                    update = update.filter(who.condition.clone());
+                }
+                // Set here so that RETURNING shows it on SQLite too (PostgreSQL's trigger moves it on).
+                let update = set(update).col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
+                let written = match update.exec_with_returning(txn).await {
+                    Ok(mut rows) => rows.pop(),
+                    Err(error) => {
+                        let assign_to = change.assign_to.unwrap_or(AssignTo {
+                            user_id: None,
+                            group_id: None,
+                        });
+                        return Err(self.name_reference(txn, ctx, error, assign_to, None).await);
+                    }
+                };
+                if let Some(task) = written {
+                    let details = change.details.clone();
+                    record(txn, ctx, &task, change.action.history_label(), details).await?;
+                    return Ok(task);
+                }
+                let task = scope::find::<tasks::Entity>(ctx)
+                    .filter(tasks::Column::Id.eq(id))
+                    .one(txn)
+                    .await?
+                    .ok_or_else(|| Error::not_found("task", id))?;
+                if !change.from.contains(&task.status) {
+                    return Err(Error::InvalidTransition {
                         task_id: id,
+                        current: task.status,
                         action: change.action,
-                        reason: who.reason.to_owned(),
                     });
                 }
+                if let Some(who) = &change.who {
+                    let allowed = scope::find::<tasks::Entity>(ctx)
+                        .filter(tasks::Column::Id.eq(id))
+                        .filter(who.condition.clone())
+                        .count(txn)
+                        .await?;
+                    if allowed == 0 {
+                        return Err(Error::Forbidden {
+                            task_id: id,
+                            action: change.action,
+                            reason: who.reason.to_owned(),
+                        });
+                    }
+                }
+                current = Some(task.status);
             }
-            current = Some(task.status);
-        }
-        Err(Error::InvalidTransition {
-            task_id: id,
-            current: current.unwrap_or(TaskStatus::Created),
-            action: change.action,
+            Err(Error::InvalidTransition {
+                task_id: id,
+                current: current.unwrap_or(TaskStatus::Created),
+                action: change.action,
+            })
         })
+        .await
     }
 
     /// Turns a failed task write into an error naming the foreign key that refused it. PostgreSQL

@@ -12,7 +12,7 @@ use uuid::Uuid;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
 use crate::scope::system;
-use crate::{now, validate};
+use crate::{now, system_transaction, validate};
 
 /// The unique constraint a duplicate slug violates.
 pub const SLUG_KEY: &str = "tenants_slug_key";
@@ -81,7 +81,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
             validate::json_object("limits", limits)?;
         }
         let at = now();
-        tenants::ActiveModel {
+        let tenant = tenants::ActiveModel {
             id: Set(Uuid::now_v7()),
             name: Set(name),
             slug: Set(slug),
@@ -90,10 +90,11 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
             status: Set(TenantStatus::Active),
             created_at: Set(at),
             updated_at: Set(at),
-        }
-        .insert(self.db)
+        };
+        system_transaction(self.db, async |txn| {
+            tenant.insert(txn).await.or_unique(SLUG_KEY)
+        })
         .await
-        .or_unique(SLUG_KEY)
     }
 
     /// The tenant with this id, whatever its status.
@@ -101,10 +102,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
     /// # Errors
     /// [`Error::Db`].
     pub async fn find_by_id(&self, id: Uuid) -> Result<Option<tenants::Model>> {
-        Ok(system::tenants()
-            .filter(tenants::Column::Id.eq(id))
-            .one(self.db)
-            .await?)
+        system_transaction(self.db, async |txn| find(txn, id).await).await
     }
 
     /// The tenant with this slug, whatever its status.
@@ -113,10 +111,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
     /// [`Error::Validation`] for a slug that could not have been stored; [`Error::Db`].
     pub async fn find_by_slug(&self, slug: &str) -> Result<Option<tenants::Model>> {
         let slug = validate::slug("slug", slug)?;
-        Ok(system::tenants()
-            .filter(tenants::Column::Slug.eq(slug))
-            .one(self.db)
-            .await?)
+        let query = system::tenants().filter(tenants::Column::Slug.eq(slug));
+        system_transaction(self.db, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// A page of tenants (only those with `status`, when given), in creation order.
@@ -132,10 +128,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
         if let Some(status) = status {
             query = query.filter(tenants::Column::Status.eq(status));
         }
-        page::by_id(self.db, query, tenants::Column::Id, page, |tenant| {
-            tenant.id
-        })
-        .await
+        let query = page::by_id(query, tenants::Column::Id, page)?;
+        let rows = system_transaction(self.db, async |txn| Ok(query.all(txn).await?)).await?;
+        Ok(Page::from_rows(rows, page.limit, |tenant| tenant.id))
     }
 
     /// Changes a tenant's name, configuration and/or limits; a deleted tenant cannot be changed.
@@ -242,26 +237,34 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
         from: &[TenantStatus],
         action: &'static str,
     ) -> Result<tenants::Model> {
-        let updated = statement
+        let statement = statement
             .col_expr(tenants::Column::UpdatedAt, Expr::value(now()))
             .filter(tenants::Column::Id.eq(id))
-            .filter(tenants::Column::Status.is_in(from.iter().cloned()))
-            .exec_with_returning(self.db)
-            .await?
-            .pop();
-        if let Some(tenant) = updated {
-            return Ok(tenant);
-        }
-        match self.find_by_id(id).await? {
-            None => Err(Error::not_found("tenant", id)),
-            Some(tenant) => Err(Error::InvalidState {
-                entity: "tenant",
-                id: id.to_string(),
-                state: tenant.status.as_str().to_owned(),
-                action,
-            }),
-        }
+            .filter(tenants::Column::Status.is_in(from.iter().cloned()));
+        system_transaction(self.db, async |txn| {
+            if let Some(tenant) = statement.exec_with_returning(txn).await?.pop() {
+                return Ok(tenant);
+            }
+            match find(txn, id).await? {
+                None => Err(Error::not_found("tenant", id)),
+                Some(tenant) => Err(Error::InvalidState {
+                    entity: "tenant",
+                    id: id.to_string(),
+                    state: tenant.status.as_str().to_owned(),
+                    action,
+                }),
+            }
+        })
+        .await
     }
+}
+
+/// The tenant with this id.
+async fn find(db: &impl ConnectionTrait, id: Uuid) -> Result<Option<tenants::Model>> {
+    Ok(system::tenants()
+        .filter(tenants::Column::Id.eq(id))
+        .one(db)
+        .await?)
 }
 
 #[cfg(test)]

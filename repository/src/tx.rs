@@ -1,9 +1,11 @@
 //! Transactions that compose: a closure runs in a transaction on a pool, or in a savepoint inside a
 //! caller's transaction.
 
-use sea_orm::{TransactionSession, TransactionTrait};
+use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionSession, TransactionTrait};
+use uuid::Uuid;
 
-use crate::error::Result;
+use crate::context::RequestContext;
+use crate::error::{Error, Result};
 
 /// Runs `f` in a transaction on `db`: commits when it returns `Ok`, rolls back when it returns
 /// `Err` (or panics). When `db` is itself a transaction, `f` runs in a savepoint, so repository
@@ -45,5 +47,116 @@ where
             let _ = txn.rollback().await;
             Err(error)
         }
+    }
+}
+
+/// Runs `f` in a transaction (a savepoint inside a caller's) confined to the context's tenant.
+///
+/// On PostgreSQL the transaction first sets `app.tenant_id`, which the row-level security policies
+/// compare every row to: connected as the application role, every statement in `f`, hand-written
+/// ones included, sees and writes only this tenant's rows. Every repository method runs in one;
+/// a service running its own queries on the application role does the same. On SQLite, which has
+/// no row-level security, it is a plain transaction.
+///
+/// The setting is local to the transaction: it ends with it, so a pooled connection never carries
+/// one request's tenant into the next.
+///
+/// ```no_run
+/// use orkestra_repository::{RequestContext, tenant_transaction};
+/// use sea_orm::{ConnectionTrait, Statement};
+/// # async fn f(db: &sea_orm::DatabaseConnection, ctx: &RequestContext)
+/// # -> orkestra_repository::Result<()> {
+/// // Under row-level security this counts the context's tenant's tasks only.
+/// let count = tenant_transaction(db, ctx, async |txn| {
+///     let sql = Statement::from_string(txn.get_database_backend(), "SELECT count(*) AS n FROM tasks");
+///     let row = txn.query_one_raw(sql).await?.expect("one row");
+///     Ok(row.try_get::<i64>("", "n")?)
+/// })
+/// .await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Errors
+/// What `f` returns, or [`Error::Db`](crate::Error::Db) when the transaction cannot begin, the
+/// tenant cannot be set, or the transaction cannot commit.
+pub async fn tenant_transaction<C, F, T>(db: &C, ctx: &RequestContext, f: F) -> Result<T>
+where
+    C: TransactionTrait,
+    F: AsyncFnOnce(&C::Transaction) -> Result<T>,
+{
+    transaction(db, async |txn| {
+        bind_tenant(txn, ctx.tenant_id()).await?;
+        f(txn).await
+    })
+    .await
+}
+
+/// Sets `app.tenant_id` for the rest of the transaction (PostgreSQL only).
+#[allow(clippy::disallowed_methods)] // A setting, not a query: it reaches no table.
+async fn bind_tenant(txn: &impl ConnectionTrait, tenant: Uuid) -> Result<()> {
+    if txn.get_database_backend() == DbBackend::Postgres {
+        txn.execute_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT set_config('app.tenant_id', $1, true)",
+            [tenant.to_string().into()],
+        ))
+        .await?;
+    }
+    Ok(())
+}
+
+/// Runs `f` in a transaction (a savepoint inside a caller's) of system-level work: tenant
+/// administration and audit retention ([`TenantRepository`](crate::TenantRepository),
+/// [`SystemRepository`](crate::SystemRepository)).
+///
+/// This is the one path across tenants. On PostgreSQL it needs a connection whose role is a member
+/// of `orkestra_system` (or a superuser, or a role with `BYPASSRLS`): the row-level security
+/// policies give that role every row, and no other role any row outside its transaction's tenant.
+/// The transaction first checks the role, so system work on the application role's pool fails
+/// loudly instead of seeing nothing. On SQLite, it is a plain transaction.
+///
+/// # Errors
+/// What `f` returns; [`Error::Denied`](crate::Error::Denied) when the connection's role may not do
+/// system-level work; [`Error::Db`](crate::Error::Db) when the transaction cannot begin or commit.
+pub async fn system_transaction<C, F, T>(db: &C, f: F) -> Result<T>
+where
+    C: TransactionTrait,
+    F: AsyncFnOnce(&C::Transaction) -> Result<T>,
+{
+    transaction(db, async |txn| {
+        check_system_role(txn).await?;
+        f(txn).await
+    })
+    .await
+}
+
+/// Refuses a PostgreSQL role that row-level security confines to one tenant.
+#[allow(clippy::disallowed_methods)] // Reads the role catalog, no table of ours.
+async fn check_system_role(txn: &impl ConnectionTrait) -> Result<()> {
+    if txn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let row = txn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT r.rolsuper OR r.rolbypassrls \
+                 OR pg_has_role(current_user, 'orkestra_system', 'USAGE') AS system, \
+                 current_user::text AS role \
+             FROM pg_roles r WHERE r.rolname = current_user",
+        ))
+        .await?;
+    let (system, role) = match row {
+        Some(row) => (row.try_get::<bool>("", "system")?, row.try_get("", "role")?),
+        None => (false, String::from("unknown")),
+    };
+    if system {
+        Ok(())
+    } else {
+        Err(Error::Denied {
+            reason: format!(
+                "role {role} is not a member of orkestra_system: system-level work needs a \
+                 connection of that role"
+            ),
+        })
     }
 }

@@ -14,7 +14,7 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
-use crate::{now, scope, validate};
+use crate::{now, scope, tenant_transaction, validate};
 
 /// The unique constraint a duplicate email violates.
 pub const EMAIL_KEY: &str = "users_tenant_id_email_key";
@@ -91,7 +91,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
         let name = validate::text("name", &user.name, validate::NAME_MAX)?;
         let preferences = user.preferences.unwrap_or_else(|| serde_json::json!({}));
         validate::json_object("preferences", &preferences)?;
-        users::ActiveModel {
+        let user = users::ActiveModel {
             id: Set(Uuid::now_v7()),
             tenant_id: Set(ctx.tenant_id()),
             email: Set(email),
@@ -101,10 +101,13 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
             status: Set(UserStatus::Active),
             created_at: Set(now()),
             last_active_at: Set(None),
-        }
-        .insert(self.db)
+        };
+        tenant_transaction(self.db, ctx, async |txn| {
+            user.insert(txn)
+                .await
+                .or_constraints(EMAIL_KEY, TENANT_FKEY)
+        })
         .await
-        .or_constraints(EMAIL_KEY, TENANT_FKEY)
     }
 
     /// The user with this id in the context's tenant, if any.
@@ -112,10 +115,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
     /// # Errors
     /// [`Error::Db`].
     pub async fn find_by_id(&self, ctx: &RequestContext, id: Uuid) -> Result<Option<users::Model>> {
-        Ok(scope::find::<users::Entity>(ctx)
-            .filter(users::Column::Id.eq(id))
-            .one(self.db)
-            .await?)
+        let query = scope::find::<users::Entity>(ctx).filter(users::Column::Id.eq(id));
+        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// The user with this email (compared trimmed and lower-cased) in the context's tenant, if any.
@@ -128,10 +129,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
         email: &str,
     ) -> Result<Option<users::Model>> {
         let email = validate::email(email)?;
-        Ok(scope::find::<users::Entity>(ctx)
-            .filter(users::Column::Email.eq(email))
-            .one(self.db)
-            .await?)
+        let query = scope::find::<users::Entity>(ctx).filter(users::Column::Email.eq(email));
+        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// A page of the tenant's users matching `filter`, in creation order (ids are UUIDv7).
@@ -151,7 +150,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
         if let Some(status) = &filter.status {
             query = query.filter(users::Column::Status.eq(status.clone()));
         }
-        page::by_id(self.db, query, users::Column::Id, page, |user| user.id).await
+        let query = page::by_id(query, users::Column::Id, page)?;
+        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        Ok(Page::from_rows(rows, page.limit, |user| user.id))
     }
 
     /// Changes a user's name, role and/or preferences; returns the user as stored.
@@ -185,7 +186,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
         if !changed {
             return Err(Error::validation("update", "names no field to change"));
         }
-        self.write(statement, id).await
+        self.write(ctx, statement, id).await
     }
 
     /// Marks a user inactive (they keep their history; assigners skip them). Idempotent.
@@ -211,7 +212,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
     pub async fn record_activity(&self, ctx: &RequestContext, id: Uuid) -> Result<users::Model> {
         let statement = scope::update_many::<users::Entity>(ctx)
             .col_expr(users::Column::LastActiveAt, Expr::value(now()));
-        self.write(statement, id).await
+        self.write(ctx, statement, id).await
     }
 
     async fn set_status(
@@ -222,21 +223,25 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
     ) -> Result<users::Model> {
         let statement = scope::update_many::<users::Entity>(ctx)
             .col_expr(users::Column::Status, Expr::value(status));
-        self.write(statement, id).await
+        self.write(ctx, statement, id).await
     }
 
     /// Runs a scoped update of one user and returns the row, or [`Error::NotFound`].
     async fn write(
         &self,
+        ctx: &RequestContext,
         statement: sea_orm::UpdateMany<users::Entity>,
         id: Uuid,
     ) -> Result<users::Model> {
-        statement
-            .filter(users::Column::Id.eq(id))
-            .exec_with_returning(self.db)
-            .await?
-            .pop()
-            .ok_or_else(|| Error::not_found("user", id))
+        let statement = statement.filter(users::Column::Id.eq(id));
+        tenant_transaction(self.db, ctx, async |txn| {
+            statement
+                .exec_with_returning(txn)
+                .await?
+                .pop()
+                .ok_or_else(|| Error::not_found("user", id))
+        })
+        .await
     }
 }
 
