@@ -26,7 +26,19 @@ async fn up_builds_every_table_and_down_to_zero_leaves_nothing_behind() -> anyho
     assert_eq!(first.tables.keys().collect::<Vec<_>>(), TABLES);
     if db.backend() == sea_orm::DbBackend::Postgres {
         assert_eq!(first.enums.len(), 6, "{:?}", first.enums.keys());
-        assert_eq!(first.functions, ["orkestra_touch_updated_at"]);
+        assert_eq!(
+            first.functions,
+            [
+                "orkestra_current_tenant",
+                "orkestra_refuse_audit_update",
+                "orkestra_touch_updated_at"
+            ]
+        );
+        for (name, table) in &first.tables {
+            assert_eq!(table.row_security, (true, true), "row security of {name}");
+            assert!(!table.policies.is_empty(), "policies of {name}");
+            assert!(!table.grants.is_empty(), "grants of {name}");
+        }
     }
 
     Migrator::down(conn, None).await?;
@@ -58,7 +70,9 @@ async fn each_migration_down_restores_exactly_the_schema_before_it() -> anyhow::
     let db = TestDb::empty().await?;
     let conn = db.conn();
     let count = Migrator::migrations().len();
-    assert_eq!(count, 7);
+    assert_eq!(count, 9);
+    // Row-level security and its roles (migration 8) exist on PostgreSQL only.
+    let postgres_only = [7];
     // The bookkeeping table appears with the first migration and outlives `down`: make it first.
     Migrator::install(conn).await?;
 
@@ -66,7 +80,9 @@ async fn each_migration_down_restores_exactly_the_schema_before_it() -> anyhow::
         let before = Catalog::read(conn).await?;
         Migrator::up(conn, Some(1)).await?;
         let after = Catalog::read(conn).await?;
-        assert_ne!(before, after, "migration {step} changed nothing");
+        if db.backend() == sea_orm::DbBackend::Postgres || !postgres_only.contains(&step) {
+            assert_ne!(before, after, "migration {step} changed nothing");
+        }
 
         Migrator::down(conn, Some(1)).await?;
         assert_eq!(

@@ -59,6 +59,14 @@ pub struct Table {
     pub foreign_keys: Vec<ForeignKey>,
     /// The names of its triggers.
     pub triggers: Vec<String>,
+    /// Row-level security: (enabled, forced). PostgreSQL only.
+    pub row_security: (bool, bool),
+    /// Its row-level security policies, each as `name cmd roles USING (..) WITH CHECK (..)`.
+    /// PostgreSQL only.
+    pub policies: Vec<String>,
+    /// The privileges granted on it to roles other than its owner, each as `role:PRIVILEGE`.
+    /// PostgreSQL only.
+    pub grants: Vec<String>,
 }
 
 impl Table {
@@ -103,6 +111,8 @@ impl Catalog {
             table.indexes.sort();
             table.foreign_keys.sort();
             table.triggers.sort();
+            table.policies.sort();
+            table.grants.sort();
         }
         Ok(catalog)
     }
@@ -235,6 +245,43 @@ async fn read_postgres(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
     {
         let table = catalog.tables.entry(get(&row, "table_name")?).or_default();
         table.triggers.push(get(&row, "name")?);
+    }
+    for row in rows(
+        db,
+        "SELECT c.relname AS table_name, c.relrowsecurity AS enabled,
+                c.relforcerowsecurity AS forced
+         FROM pg_class c
+         WHERE c.relkind = 'r' AND c.relnamespace = 'public'::regnamespace",
+    )
+    .await?
+    {
+        let table = catalog.tables.entry(get(&row, "table_name")?).or_default();
+        table.row_security = (get(&row, "enabled")?, get(&row, "forced")?);
+    }
+    for row in rows(
+        db,
+        "SELECT tablename AS table_name,
+                concat_ws(' ', policyname, cmd, roles::text, 'USING', qual, 'WITH CHECK',
+                          with_check) AS policy
+         FROM pg_policies WHERE schemaname = 'public'",
+    )
+    .await?
+    {
+        let table = catalog.tables.entry(get(&row, "table_name")?).or_default();
+        table.policies.push(get(&row, "policy")?);
+    }
+    for row in rows(
+        db,
+        "SELECT table_name, grantee || ':' || privilege_type AS grant
+         FROM information_schema.role_table_grants g
+         WHERE table_schema = 'public'
+           AND grantee <> (SELECT pg_get_userbyid(c.relowner) FROM pg_class c
+                           WHERE c.oid = ('public.' || quote_ident(g.table_name))::regclass)",
+    )
+    .await?
+    {
+        let table = catalog.tables.entry(get(&row, "table_name")?).or_default();
+        table.grants.push(get(&row, "grant")?);
     }
     for row in rows(
         db,

@@ -93,6 +93,8 @@ pub(crate) fn options(url: &str) -> ConnectOptions {
 /// A database of the selected backend that belongs to one test.
 pub struct TestDb {
     conn: DatabaseConnection,
+    app: Option<DatabaseConnection>,
+    system: Option<DatabaseConnection>,
     // Declared after `conn`, so the pool is dropped before the database is.
     _pg: Option<pg::OwnedDatabase>,
 }
@@ -154,22 +156,51 @@ impl TestDb {
         let conn = Database::connect(options)
             .await
             .context("opening in-memory SQLite")?;
-        Ok(TestDb { conn, _pg: None })
+        Ok(TestDb {
+            conn,
+            app: None,
+            system: None,
+            _pg: None,
+        })
     }
 
     async fn postgres(owned: pg::OwnedDatabase) -> anyhow::Result<TestDb> {
         let conn = Database::connect(options(owned.url()))
             .await
             .with_context(|| format!("connecting to test database {}", owned.name()))?;
+        let login = async |role: &str| -> anyhow::Result<DatabaseConnection> {
+            let mut options = options(&pg::url_as(owned.url(), role)?);
+            // Opened on first use: most tests never use these pools.
+            options.connect_lazy(true);
+            Ok(Database::connect(options).await?)
+        };
+        let app = login(pg::APP_LOGIN).await?;
+        let system = login(pg::SYSTEM_LOGIN).await?;
         Ok(TestDb {
             conn,
+            app: Some(app),
+            system: Some(system),
             _pg: Some(owned),
         })
     }
 
-    /// The connection pool of this test's database.
+    /// The connection pool of this test's database, as its owner (on PostgreSQL, a superuser,
+    /// which row-level security does not confine): for fixtures and for checking what is stored.
     pub fn conn(&self) -> &DatabaseConnection {
         &self.conn
+    }
+
+    /// A pool that connects the way a service does: on PostgreSQL as a login role of
+    /// `orkestra_app`, which row-level security confines to the tenant each transaction names (and
+    /// which sees nothing outside one). On SQLite, the one connection.
+    pub fn app_conn(&self) -> &DatabaseConnection {
+        self.app.as_ref().unwrap_or(&self.conn)
+    }
+
+    /// A pool of a login role of `orkestra_system`, for system-level work on PostgreSQL. On
+    /// SQLite, the one connection.
+    pub fn system_conn(&self) -> &DatabaseConnection {
+        self.system.as_ref().unwrap_or(&self.conn)
     }
 
     /// The backend of this test's database.

@@ -9,7 +9,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, bail};
-use orkestra_migration::{Migrator, MigratorTrait};
+use orkestra_migration::{APP_ROLE, Migrator, MigratorTrait, SYSTEM_ROLE};
 use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
 use tokio::sync::OnceCell;
 
@@ -163,7 +163,70 @@ pub async fn sweep(admin: &DatabaseConnection) -> anyhow::Result<Vec<String>> {
             dropped.push(name);
         }
     }
+    drop_login_roles_if_unused(admin).await?;
     Ok(dropped)
+}
+
+/// The login role tests connect as to act as a service: a member of `orkestra_app`, confined by
+/// row-level security to the tenant its transaction names.
+pub const APP_LOGIN: &str = "orkestra_test_app";
+/// The login role tests connect as for system-level work: a member of `orkestra_system`.
+pub const SYSTEM_LOGIN: &str = "orkestra_test_system";
+
+/// Creates the two test login roles unless they exist, in the group roles the migrations create.
+/// Processes race to do this (roles belong to the whole server); a duplicate is ignored. The
+/// password is only for servers that ask for one; the local server trusts.
+async fn create_login_roles(admin: &DatabaseConnection) -> anyhow::Result<()> {
+    for (login, group) in [(APP_LOGIN, APP_ROLE), (SYSTEM_LOGIN, SYSTEM_ROLE)] {
+        execute(
+            admin,
+            format!(
+                "DO $$ BEGIN \
+                     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{login}') THEN \
+                         CREATE ROLE {login} LOGIN PASSWORD '{login}' IN ROLE {group}; \
+                     END IF; \
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
+                 END $$"
+            ),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Drops the test login roles once no Orkestra test database is left on the server, so a run
+/// leaves no role behind. (The group roles stay: migrations create them for real databases too.)
+async fn drop_login_roles_if_unused(admin: &DatabaseConnection) -> anyhow::Result<()> {
+    let left = admin
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT count(*) AS n FROM pg_database WHERE datname LIKE 'orkestra\\_%'",
+        ))
+        .await?
+        .map(|row| row.try_get::<i64>("", "n"))
+        .transpose()?
+        .unwrap_or(0);
+    if left == 0 {
+        // A role that another process just began to use refuses to go; that is fine.
+        let _ = execute(
+            admin,
+            format!("DROP ROLE IF EXISTS {APP_LOGIN}, {SYSTEM_LOGIN}"),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// `url` with `role` as its user (and password).
+///
+/// # Errors
+/// When `url` is not a URL.
+pub fn url_as(url: &str, role: &str) -> anyhow::Result<String> {
+    let mut url = url::Url::parse(url).with_context(|| format!("not a URL: {}", redact(url)))?;
+    url.set_username(role)
+        .and_then(|()| url.set_password(Some(role)))
+        .map_err(|()| anyhow::anyhow!("cannot set a user in {}", redact(url.as_str())))?;
+    Ok(url.to_string())
 }
 
 /// The name of this process's template database, migrated by the real `Migrator`; made by the
@@ -182,6 +245,7 @@ pub async fn template(admin_url: &str) -> anyhow::Result<String> {
 
             let conn = Database::connect(options(&url_for(admin_url, &name)?)).await?;
             let migrated = Migrator::up(&conn, None).await;
+
             // CREATE DATABASE ... TEMPLATE refuses a template that has sessions open.
             conn.close().await?;
             if let Err(error) = migrated {
@@ -192,6 +256,10 @@ pub async fn template(admin_url: &str) -> anyhow::Result<String> {
                 return Err(anyhow::Error::new(error)
                     .context(format!("migrating the template database {name}")));
             }
+            // The group roles exist once the migrations ran.
+            let admin = self::admin(admin_url).await?;
+            create_login_roles(&admin).await?;
+            admin.close().await?;
             Ok(name)
         })
         .await

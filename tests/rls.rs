@@ -1,0 +1,572 @@
+//! Row-level security on PostgreSQL: what a connection of the application role can see and change
+//! when application code is wrong (raw, unscoped SQL), when no tenant is set, and what only the
+//! system role may do. Every test here connects as the login roles the harness creates in
+//! `orkestra_app` and `orkestra_system`, never as the owner, which is a superuser here and so not
+//! confined.
+
+use chrono::{Duration, Utc};
+use orkestra_entity::sea_orm_active_enums::TaskStatus;
+use orkestra_repository::{
+    AssignTo, AuditQuery, AuditRepository, ConversationRepository, Error, GroupRepository,
+    NewAuditEvent, NewConversation, NewGroup, NewMessage, NewTask, NewTenant, NewUser, PageRequest,
+    SystemRepository, TaskRepository, TenantRepository, UserRepository, tenant_transaction,
+    transaction,
+};
+use orkestra_tests::TestDb;
+use orkestra_tests::repo::{Snapshot, ctx};
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement};
+use serde_json::json;
+use uuid::Uuid;
+
+/// What one tenant was seeded with.
+struct Seeded {
+    tenant: Uuid,
+    tasks: i64,
+}
+
+/// Seeds a tenant through the repositories on the owner's connection: `tasks` tasks for a group
+/// of two, one of them claimed, a conversation with two messages, and two audit events.
+async fn seed(db: &TestDb, slug: &str, tasks: i64) -> anyhow::Result<Seeded> {
+    let conn = db.conn();
+    let tenant = TenantRepository::new(conn)
+        .create(NewTenant::new(format!("Tenant {slug}"), slug))
+        .await?
+        .id;
+    let ctx = ctx(tenant);
+    let users = UserRepository::new(conn);
+    let ada = users
+        .create(&ctx, NewUser::new("ada@example.com", "Ada"))
+        .await?
+        .id;
+    let grace = users
+        .create(&ctx, NewUser::new("grace@example.com", "Grace"))
+        .await?
+        .id;
+    let groups = GroupRepository::new(conn);
+    let group = groups
+        .create(&ctx, NewGroup::new("Reviewers", "reviewers"))
+        .await?
+        .id;
+    groups.add_member(&ctx, group, ada).await?;
+    groups.add_member(&ctx, group, grace).await?;
+    let repo = TaskRepository::new(conn);
+    for n in 0..tasks {
+        let mut task = NewTask::new("wf", "run-1", format!("Task {n}"), json!({}));
+        task.assign_to = Some(AssignTo::group(group));
+        let task = repo.create(&ctx, task).await?;
+        if n == 0 {
+            repo.claim(&ctx, task.id, ada).await?;
+        }
+    }
+    let conversations = ConversationRepository::new(conn);
+    let conversation = conversations
+        .create(&ctx, NewConversation::new(json!({"user": "ada"})))
+        .await?
+        .id;
+    for text in ["hello", "world"] {
+        conversations
+            .append_message(&ctx, conversation, NewMessage::new("user", text))
+            .await?;
+    }
+    AuditRepository::new(conn)
+        .record_many(
+            &ctx,
+            vec![
+                NewAuditEvent::new("task", "created", "task", "t-1"),
+                NewAuditEvent::new("task", "claimed", "task", "t-1"),
+            ],
+        )
+        .await?;
+    Ok(Seeded { tenant, tasks })
+}
+
+async fn two_tenants() -> anyhow::Result<(TestDb, Seeded, Seeded)> {
+    let db = TestDb::postgres_only().await?;
+    let a = seed(&db, "tenant-a", 3).await?;
+    let b = seed(&db, "tenant-b", 2).await?;
+    Ok((db, a, b))
+}
+
+fn sql(text: &str) -> Statement {
+    Statement::from_string(DbBackend::Postgres, text)
+}
+
+/// Runs raw, unscoped SQL in a transaction of `tenant` on `db`.
+async fn query_as(
+    db: &DatabaseConnection,
+    tenant: Uuid,
+    text: &str,
+) -> orkestra_repository::Result<Vec<QueryResult>> {
+    tenant_transaction(db, &ctx(tenant), async |txn| {
+        Ok(txn.query_all_raw(sql(text)).await?)
+    })
+    .await
+}
+
+/// Executes raw, unscoped SQL in a transaction of `tenant` on `db`; the rows it touched.
+async fn execute_as(
+    db: &DatabaseConnection,
+    tenant: Uuid,
+    text: &str,
+) -> orkestra_repository::Result<u64> {
+    tenant_transaction(db, &ctx(tenant), async |txn| {
+        Ok(txn.execute_raw(sql(text)).await?.rows_affected())
+    })
+    .await
+}
+
+fn count(rows: &[QueryResult]) -> i64 {
+    rows[0].try_get::<i64>("", "n").expect("a count")
+}
+
+/// The tenant ids of the rows.
+fn tenants_of(rows: &[QueryResult]) -> Vec<Uuid> {
+    let mut tenants: Vec<Uuid> = rows
+        .iter()
+        .map(|row| row.try_get("", "tenant_id").expect("a tenant_id"))
+        .collect();
+    tenants.dedup();
+    tenants
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn a_tenants_transaction_counts_only_its_tasks_and_no_tenant_counts_none()
+-> anyhow::Result<()> {
+    let (db, a, b) = two_tenants().await?;
+    let app = db.app_conn();
+    let n = |rows: Vec<QueryResult>| count(&rows);
+    assert_eq!(
+        n(query_as(app, a.tenant, "SELECT count(*) AS n FROM tasks").await?),
+        a.tasks
+    );
+    assert_eq!(
+        n(query_as(app, b.tenant, "SELECT count(*) AS n FROM tasks").await?),
+        b.tasks
+    );
+    // The owner (a superuser here) sees both: the rows are there.
+    let all = db
+        .conn()
+        .query_all_raw(sql("SELECT count(*) AS n FROM tasks"))
+        .await?;
+    assert_eq!(count(&all), a.tasks + b.tasks);
+
+    // No tenant set: outside any transaction, and in one that never set it.
+    for table in [
+        "tenants",
+        "users",
+        "groups",
+        "group_members",
+        "tasks",
+        "task_history",
+        "conversations",
+        "messages",
+        "audit_events",
+    ] {
+        let text = format!("SELECT count(*) AS n FROM {table}");
+        assert_eq!(count(&app.query_all_raw(sql(&text)).await?), 0, "{table}");
+        let in_transaction =
+            transaction(app, async |txn| Ok(txn.query_all_raw(sql(&text)).await?)).await?;
+        assert_eq!(count(&in_transaction), 0, "{table}");
+    }
+    // Empty, malformed or unknown: no rows and no error (never a cast failure).
+    for setting in [
+        "",
+        " ",
+        "not-a-uuid",
+        "00000000-0000-0000-0000-000000000000",
+        "'; DROP TABLE tasks; --",
+        &format!("{} ", a.tenant),
+        &format!("{{{}}}", a.tenant),
+        &Uuid::now_v7().to_string(),
+    ] {
+        let rows = transaction(app, async |txn| {
+            txn.execute_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT set_config('app.tenant_id', $1, true)",
+                [setting.into()],
+            ))
+            .await?;
+            Ok(txn
+                .query_all_raw(sql("SELECT count(*) AS n FROM tasks"))
+                .await?)
+        })
+        .await?;
+        assert_eq!(count(&rows), 0, "app.tenant_id = {setting:?}");
+    }
+    // The setting ends with the transaction: the pooled connection forgets the tenant.
+    let app_one = {
+        let mut options = sea_orm::ConnectOptions::new(orkestra_tests::pg::url_as(
+            db.url().expect("a url"),
+            orkestra_tests::pg::APP_LOGIN,
+        )?);
+        options.max_connections(1).sqlx_logging(false);
+        sea_orm::Database::connect(options).await?
+    };
+    assert_eq!(
+        n(query_as(&app_one, a.tenant, "SELECT count(*) AS n FROM tasks").await?),
+        a.tasks
+    );
+    assert_eq!(
+        count(
+            &app_one
+                .query_all_raw(sql("SELECT count(*) AS n FROM tasks"))
+                .await?
+        ),
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn unscoped_sql_in_a_tenants_transaction_sees_and_changes_only_that_tenant()
+-> anyhow::Result<()> {
+    let (db, a, b) = two_tenants().await?;
+    let app = db.app_conn();
+    let b_before = Snapshot::of_tenant(db.conn(), b.tenant).await?;
+
+    for text in [
+        "SELECT * FROM tasks",
+        "SELECT * FROM task_history",
+        "SELECT * FROM users",
+        "SELECT * FROM audit_events",
+        "SELECT * FROM messages",
+        // Joins: the policy applies to every table a statement reads.
+        "SELECT gm.tenant_id FROM group_members gm JOIN users u ON u.id = gm.user_id \
+         JOIN groups g ON g.id = gm.group_id",
+        "SELECT t.tenant_id FROM tasks t JOIN group_members gm ON gm.group_id = t.assigned_group_id",
+        "SELECT m.tenant_id FROM messages m JOIN conversations c ON c.id = m.conversation_id",
+        "SELECT h.tenant_id FROM task_history h LEFT JOIN tasks t ON t.id = h.task_id",
+        "SELECT id AS tenant_id FROM tenants",
+    ] {
+        let rows = query_as(app, a.tenant, text).await?;
+        assert!(!rows.is_empty(), "{text} found nothing of tenant A");
+        assert_eq!(tenants_of(&rows), vec![a.tenant], "{text}");
+    }
+
+    // Writes without a tenant predicate touch tenant A's rows only.
+    let updated = execute_as(app, a.tenant, "UPDATE tasks SET title = 'renamed'").await?;
+    assert_eq!(updated, u64::try_from(a.tasks)?);
+    let updated = execute_as(app, a.tenant, "UPDATE users SET name = 'x'").await?;
+    assert_eq!(updated, 2);
+    let deleted = execute_as(app, a.tenant, "DELETE FROM group_members").await?;
+    assert_eq!(deleted, 2);
+    let deleted = execute_as(
+        app,
+        a.tenant,
+        "DELETE FROM groups WHERE id NOT IN (SELECT assigned_group_id FROM tasks \
+         WHERE assigned_group_id IS NOT NULL)",
+    )
+    .await?;
+    assert_eq!(deleted, 0, "tenant A's group is named by its tasks");
+    let a_after = Snapshot::of_tenant(db.conn(), a.tenant).await?;
+    assert!(a_after.tasks.iter().all(|task| task.title == "renamed"));
+    assert!(a_after.memberships.is_empty());
+    assert_eq!(Snapshot::of_tenant(db.conn(), b.tenant).await?, b_before);
+    Ok(())
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn writes_outside_the_transactions_tenant_are_refused() -> anyhow::Result<()> {
+    let (db, a, b) = two_tenants().await?;
+    let app = db.app_conn();
+    let before = Snapshot::all(db.conn()).await?;
+    let insert_user = |tenant: Uuid| {
+        format!(
+            "INSERT INTO users (id, tenant_id, email, name) VALUES ('{}', '{tenant}', \
+             'eve@example.com', 'Eve')",
+            Uuid::now_v7()
+        )
+    };
+
+    // Another tenant's id in a write, under tenant A.
+    let refused = [
+        execute_as(app, a.tenant, &insert_user(b.tenant)).await,
+        execute_as(
+            app,
+            a.tenant,
+            &format!("UPDATE tasks SET tenant_id = '{}'", b.tenant),
+        )
+        .await,
+        execute_as(
+            app,
+            a.tenant,
+            &format!(
+                "INSERT INTO audit_events (id, tenant_id, event_type, action, actor_type, \
+                 actor_id, resource_type, resource_id) VALUES ('{}', '{}', 'x', 'x', 'user', \
+                 'u', 'task', 't')",
+                Uuid::now_v7(),
+                b.tenant
+            ),
+        )
+        .await,
+    ];
+    for result in refused {
+        let error = result.expect_err("a write for another tenant");
+        assert!(matches!(error, Error::Denied { .. }), "{error:?}");
+    }
+    // No tenant at all: no write, whatever the row says.
+    let error = app
+        .execute_raw(sql(&insert_user(a.tenant)))
+        .await
+        .expect_err("a write with no tenant set");
+    assert!(
+        matches!(Error::from(error), Error::Denied { .. }),
+        "a write with no tenant set"
+    );
+    // Changing another tenant's rows by id finds nothing to change.
+    let b_task = Snapshot::of_tenant(db.conn(), b.tenant).await?.tasks[0].id;
+    let touched = execute_as(
+        app,
+        a.tenant,
+        &format!("UPDATE tasks SET title = 'stolen' WHERE id = '{b_task}'"),
+    )
+    .await?;
+    assert_eq!(touched, 0);
+    assert_eq!(Snapshot::all(db.conn()).await?, before);
+    Ok(())
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn the_audit_log_is_append_only_and_only_the_system_role_purges() -> anyhow::Result<()> {
+    let (db, a, b) = two_tenants().await?;
+    let app = db.app_conn();
+    let before = Snapshot::all(db.conn()).await?;
+    for text in [
+        "UPDATE audit_events SET action = 'forged'",
+        "DELETE FROM audit_events",
+        "TRUNCATE audit_events",
+        "UPDATE task_history SET action = 'forged'",
+        "DELETE FROM task_history",
+        "UPDATE messages SET content = 'forged'",
+        "DELETE FROM messages",
+    ] {
+        let error = execute_as(app, a.tenant, text)
+            .await
+            .expect_err("the application role may not");
+        assert!(matches!(error, Error::Denied { .. }), "{text}: {error:?}");
+    }
+    // Nobody changes an event, the system role and the owner included.
+    for conn in [db.system_conn(), db.conn()] {
+        let error = conn
+            .execute_raw(sql("UPDATE audit_events SET action = 'forged'"))
+            .await
+            .expect_err("audit events are append-only");
+        assert!(
+            matches!(Error::from(error), Error::Denied { .. }),
+            "an update by the system role or the owner"
+        );
+    }
+    assert_eq!(Snapshot::all(db.conn()).await?, before);
+
+    // Retention is the system path, and needs the system role.
+    let later = (Utc::now() + Duration::hours(1)).fixed_offset();
+    let error = SystemRepository::new(app)
+        .purge_audit_events(None, later)
+        .await
+        .expect_err("the application role may not purge");
+    assert!(matches!(error, Error::Denied { .. }), "{error:?}");
+    let purged = SystemRepository::new(db.system_conn())
+        .purge_audit_events(Some(a.tenant), later)
+        .await?;
+    assert_eq!(purged, 2);
+    let audit = AuditRepository::new(db.conn());
+    assert_eq!(
+        audit.count(&ctx(a.tenant), &AuditQuery::default()).await?,
+        0
+    );
+    assert_eq!(
+        audit.count(&ctx(b.tenant), &AuditQuery::default()).await?,
+        2
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn tenant_administration_needs_the_system_role() -> anyhow::Result<()> {
+    let (db, a, b) = two_tenants().await?;
+    let before = Snapshot::all(db.conn()).await?;
+    let app_tenants = TenantRepository::new(db.app_conn());
+    for result in [
+        app_tenants.find_by_id(a.tenant).await.map(|_| ()),
+        app_tenants
+            .create(NewTenant::new("Mallory", "mallory"))
+            .await
+            .map(|_| ()),
+        app_tenants.suspend(b.tenant).await.map(|_| ()),
+        app_tenants
+            .list(None, &PageRequest::first(10))
+            .await
+            .map(|_| ()),
+    ] {
+        let error = result.expect_err("tenant administration on the application role");
+        assert!(matches!(error, Error::Denied { .. }), "{error:?}");
+    }
+    assert_eq!(Snapshot::all(db.conn()).await?, before);
+
+    // A service reads its own tenant's row, and only that, inside its tenant's transaction.
+    let own = query_as(db.app_conn(), a.tenant, "SELECT id FROM tenants").await?;
+    assert_eq!(own.len(), 1);
+    assert_eq!(own[0].try_get::<Uuid>("", "id")?, a.tenant);
+    let error = execute_as(db.app_conn(), a.tenant, "UPDATE tenants SET name = 'x'")
+        .await
+        .expect_err("the application role does not change tenants");
+    assert!(matches!(error, Error::Denied { .. }), "{error:?}");
+
+    // The system role administers every tenant.
+    let system = TenantRepository::new(db.system_conn());
+    let created = system.create(NewTenant::new("Carol", "carol")).await?;
+    let listed = system.list(None, &PageRequest::first(10)).await?;
+    assert_eq!(listed.items.len(), 3);
+    let suspended = system.suspend(b.tenant).await?;
+    assert_eq!(suspended.status.as_str(), "SUSPENDED");
+    assert!(system.find_by_id(created.id).await?.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn every_repository_works_on_the_application_role() -> anyhow::Result<()> {
+    let (db, _a, b) = two_tenants().await?;
+    let tenant = TenantRepository::new(db.system_conn())
+        .create(NewTenant::new("Dana", "dana"))
+        .await?
+        .id;
+    let b_before = Snapshot::of_tenant(db.conn(), b.tenant).await?;
+    let app = db.app_conn();
+    let ctx = ctx(tenant);
+
+    let users = UserRepository::new(app);
+    let ada = users
+        .create(&ctx, NewUser::new("ada@example.com", "Ada"))
+        .await?;
+    assert_eq!(
+        users.find_by_email(&ctx, "ada@example.com").await?,
+        Some(ada.clone())
+    );
+    let groups = GroupRepository::new(app);
+    let group = groups
+        .create(&ctx, NewGroup::new("Reviewers", "reviewers"))
+        .await?;
+    assert!(groups.add_member(&ctx, group.id, ada.id).await?);
+    assert_eq!(groups.member_workloads(&ctx, group.id).await?.len(), 1);
+
+    let conversations = ConversationRepository::new(app);
+    let (conversation, created) = conversations
+        .get_or_create(&ctx, "slack", "C-1", json!({"user": "ada"}))
+        .await?;
+    assert!(created);
+    conversations
+        .append_message(&ctx, conversation.id, NewMessage::new("user", "hi"))
+        .await?;
+    let messages = conversations
+        .list_messages(&ctx, conversation.id, &PageRequest::first(10))
+        .await?;
+    assert_eq!(messages.items.len(), 1);
+
+    let tasks = TaskRepository::new(app);
+    let mut new = NewTask::new("wf", "run-1", "Approve", json!({}));
+    new.assign_to = Some(AssignTo::group(group.id));
+    new.conversation_id = Some(conversation.id);
+    let task = tasks.create(&ctx, new).await?;
+    let inbox = tasks
+        .find_pending_for_user(&ctx, ada.id, &PageRequest::first(10))
+        .await?;
+    assert_eq!(inbox.items.len(), 1);
+    tasks.claim(&ctx, task.id, ada.id).await?;
+    let done = tasks
+        .complete(&ctx, task.id, ada.id, json!({"approved": true}))
+        .await?;
+    assert_eq!(done.status, TaskStatus::Completed);
+    assert_eq!(tasks.history(&ctx, task.id).await?.len(), 3);
+
+    let audit = AuditRepository::new(app);
+    audit
+        .record(
+            &ctx,
+            NewAuditEvent::new("task", "completed", "task", task.id.to_string()),
+        )
+        .await?;
+    let page = audit
+        .query(&ctx, &AuditQuery::default(), &PageRequest::first(10))
+        .await?;
+    assert_eq!(page.items.len(), 1);
+
+    // Another tenant's rows, by id, through the repositories: invisible.
+    let b_task = b_before.tasks[0].id;
+    assert!(tasks.find_by_id(&ctx, b_task).await?.is_none());
+    assert_eq!(Snapshot::of_tenant(db.conn(), b.tenant).await?, b_before);
+    Ok(())
+}
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn the_policies_leave_the_tenant_leading_indexes_usable() -> anyhow::Result<()> {
+    let (db, a, _b) = two_tenants().await?;
+    let task: Uuid = query_as(db.app_conn(), a.tenant, "SELECT id FROM tasks LIMIT 1").await?[0]
+        .try_get("", "id")?;
+    // With sequential scans priced out, a predicate that an index cannot serve still plans a
+    // Seq Scan; the policy's comparison to a once-per-statement init-plan must not be one.
+    for (table, text) in [
+        ("tasks", format!("SELECT * FROM tasks WHERE id = '{task}'")),
+        (
+            "tasks",
+            "SELECT * FROM tasks WHERE status = 'ASSIGNED'".to_owned(),
+        ),
+        (
+            "task_history",
+            format!("SELECT * FROM task_history WHERE task_id = '{task}'"),
+        ),
+        (
+            "audit_events",
+            "SELECT * FROM audit_events ORDER BY created_at DESC LIMIT 5".to_owned(),
+        ),
+    ] {
+        let plan = tenant_transaction(db.app_conn(), &ctx(a.tenant), async |txn| {
+            txn.execute_raw(sql("SET LOCAL enable_seqscan = off"))
+                .await?;
+            let rows = txn.query_all_raw(sql(&format!("EXPLAIN {text}"))).await?;
+            Ok(rows
+                .iter()
+                .map(|row| {
+                    row.try_get::<String>("", "QUERY PLAN")
+                        .expect("a plan line")
+                })
+                .collect::<Vec<_>>()
+                .join("\n"))
+        })
+        .await?;
+        assert!(!plan.contains("Seq Scan"), "{text}:\n{plan}");
+        assert!(plan.contains(&format!("on {table}")), "{text}:\n{plan}");
+        assert!(
+            plan.contains("InitPlan"),
+            "the setting is read once:\n{plan}"
+        );
+    }
+    Ok(())
+}
