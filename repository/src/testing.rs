@@ -83,12 +83,158 @@ pub(crate) fn tenant_row(id: Uuid, status: &'static str) -> Row {
     ])
 }
 
-/// Every statement the connection received, in order.
+/// Every statement the connection received, in order, transaction control included.
 pub(crate) fn statements(db: DatabaseConnection) -> Vec<Statement> {
     db.into_transaction_log()
         .iter()
         .flat_map(|transaction| transaction.statements().to_vec())
         .collect()
+}
+
+/// The statements of each transaction the connection ran, kept apart, in order. The mock logs a
+/// statement sent outside any transaction as a transaction of its own, without `BEGIN`.
+pub(crate) fn transactions(db: DatabaseConnection) -> Vec<Vec<Statement>> {
+    db.into_transaction_log()
+        .iter()
+        .map(|transaction| transaction.statements().to_vec())
+        .collect()
+}
+
+/// What `tenant_transaction` sends first on PostgreSQL. Spelled out rather than shared with
+/// `tx.rs`, so that a change to the statement the row-level security policies read shows here.
+const BIND_TENANT: &str = "SELECT set_config('app.tenant_id', $1, true)";
+
+/// What `system_transaction` sends first on PostgreSQL (see [`BIND_TENANT`]).
+const CHECK_SYSTEM_ROLE: &str = "SELECT r.rolsuper OR r.rolbypassrls \
+    OR pg_has_role(current_user, 'orkestra_system', 'USAGE') AS system, \
+    current_user::text AS role FROM pg_roles r WHERE r.rolname = current_user";
+
+/// The statement that binds a transaction to `tenant`. The tenant goes as text: `set_config`
+/// takes no uuid, and the policies cast it back.
+pub(crate) fn bind_tenant(tenant: Uuid) -> Statement {
+    Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        BIND_TENANT,
+        [tenant.to_string().into()],
+    )
+}
+
+/// The role check of a system-level transaction.
+pub(crate) fn check_system_role() -> Statement {
+    Statement::from_string(DbBackend::Postgres, CHECK_SYSTEM_ROLE)
+}
+
+/// The exec result of the statement that binds a transaction to its tenant: every tenant-scoped
+/// call sends it first, so queue one ahead of each call's own exec results.
+pub(crate) fn bound() -> MockExecResult {
+    affected(1)
+}
+
+/// The row of the role check, for a role that may (`true`) or may not do system-level work: every
+/// system-level call reads it first, so queue one ahead of each call's own query results.
+pub(crate) fn system_role(system: bool) -> Vec<Row> {
+    let role = if system {
+        "orkestra_system"
+    } else {
+        "orkestra_app"
+    };
+    vec![BTreeMap::from([
+        ("system", Value::from(system)),
+        ("role", Value::from(role)),
+    ])]
+}
+
+/// One repository call on a pool, as the mock logged its transaction.
+#[derive(Debug)]
+pub(crate) struct Call {
+    /// What the call sent after binding its tenant (or checking its role), before it ended.
+    pub(crate) statements: Vec<Statement>,
+    /// Whether the transaction committed; it rolled back otherwise.
+    pub(crate) committed: bool,
+}
+
+/// Asserts that `transaction` is a whole transaction whose first statement is exactly `first`.
+#[track_caller]
+fn call(transaction: &[Statement], first: &Statement) -> Call {
+    let sql: Vec<&str> = transaction.iter().map(|s| s.sql.as_str()).collect();
+    assert!(
+        sql.len() >= 3 && sql[0] == "BEGIN",
+        "not a transaction that sends {:?} first: {sql:?}",
+        first.sql
+    );
+    let committed = match sql[sql.len() - 1] {
+        "COMMIT" => true,
+        "ROLLBACK" => false,
+        _ => panic!("a transaction that did not end: {sql:?}"),
+    };
+    assert_eq!(
+        &transaction[1], first,
+        "the transaction does not start with {:?}: {sql:?}",
+        first.sql
+    );
+    Call {
+        statements: transaction[2..transaction.len() - 1].to_vec(),
+        committed,
+    }
+}
+
+/// Asserts that `transaction` (one of [`transactions`]) binds `tenant` before anything else: it
+/// opens, sends exactly the `set_config` statement with `$1` the tenant, and ends. Returns what
+/// it sent in between, for the checks of the statements proper ([`assert_scoped`] and the like).
+#[track_caller]
+pub(crate) fn assert_bound(transaction: &[Statement], tenant: Uuid) -> Call {
+    call(transaction, &bind_tenant(tenant))
+}
+
+/// Asserts that `transaction` checks the connection's role before anything else (see
+/// [`assert_bound`]).
+#[track_caller]
+pub(crate) fn assert_role_checked(transaction: &[Statement]) -> Call {
+    call(transaction, &check_system_role())
+}
+
+/// Each transaction the connection ran, asserted to be bound to `tenant` (see
+/// [`assert_bound`]): a statement sent outside one, or before the binding, fails.
+#[track_caller]
+pub(crate) fn tenant_calls(db: DatabaseConnection, tenant: Uuid) -> Vec<Call> {
+    let mut calls = Vec::new();
+    for transaction in transactions(db) {
+        calls.push(assert_bound(&transaction, tenant));
+    }
+    calls
+}
+
+/// Each transaction the connection ran, asserted to check the role first (see
+/// [`assert_role_checked`]).
+#[track_caller]
+pub(crate) fn system_calls(db: DatabaseConnection) -> Vec<Call> {
+    let mut calls = Vec::new();
+    for transaction in transactions(db) {
+        calls.push(assert_role_checked(&transaction));
+    }
+    calls
+}
+
+/// What the calls sent, in order.
+pub(crate) fn sent(calls: &[Call]) -> Vec<Statement> {
+    calls
+        .iter()
+        .flat_map(|call| call.statements.iter().cloned())
+        .collect()
+}
+
+/// What the calls sent, asserting that each sent exactly one statement.
+#[track_caller]
+pub(crate) fn one_each(calls: &[Call]) -> Vec<Statement> {
+    for (n, call) in calls.iter().enumerate() {
+        assert_eq!(call.statements.len(), 1, "call {n}: {:?}", call.statements);
+    }
+    sent(calls)
+}
+
+/// Whether each call committed (`false`: it rolled back).
+pub(crate) fn committed(calls: &[Call]) -> Vec<bool> {
+    calls.iter().map(|call| call.committed).collect()
 }
 
 /// The value bound to placeholder `$n` (1-based) of `statement`.
@@ -248,6 +394,75 @@ mod tests {
             vec![Uuid::now_v7().into()],
         );
         assert_scoped(&other, Uuid::now_v7());
+    }
+
+    fn control(sql: &str) -> Statement {
+        Statement::from_string(DbBackend::Postgres, sql)
+    }
+
+    fn select(tenant: Uuid) -> Statement {
+        statement(
+            r#"SELECT "users"."id" FROM "users" WHERE "users"."tenant_id" = $1"#,
+            vec![tenant.into()],
+        )
+    }
+
+    #[test]
+    fn a_bound_transaction_passes() {
+        let tenant = Uuid::now_v7();
+        let transaction = [
+            control("BEGIN"),
+            bind_tenant(tenant),
+            select(tenant),
+            control("ROLLBACK"),
+        ];
+        let call = assert_bound(&transaction, tenant);
+        assert_eq!(call.statements, [select(tenant)]);
+        assert!(!call.committed);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not start with")]
+    fn a_transaction_bound_to_another_tenant_fails() {
+        let tenant = Uuid::now_v7();
+        let transaction = [
+            control("BEGIN"),
+            bind_tenant(Uuid::now_v7()),
+            select(tenant),
+            control("COMMIT"),
+        ];
+        assert_bound(&transaction, tenant);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not start with")]
+    fn a_statement_before_the_binding_fails() {
+        let tenant = Uuid::now_v7();
+        let transaction = [
+            control("BEGIN"),
+            select(tenant),
+            bind_tenant(tenant),
+            control("COMMIT"),
+        ];
+        assert_bound(&transaction, tenant);
+    }
+
+    #[test]
+    #[should_panic(expected = "not a transaction")]
+    fn a_statement_outside_a_transaction_fails() {
+        let tenant = Uuid::now_v7();
+        assert_bound(&[select(tenant)], tenant);
+    }
+
+    #[test]
+    #[should_panic(expected = "does not start with")]
+    fn a_system_transaction_without_the_role_check_fails() {
+        let transaction = [
+            control("BEGIN"),
+            statement(r#"SELECT "tenants"."id" FROM "tenants""#, vec![]),
+            control("COMMIT"),
+        ];
+        assert_role_checked(&transaction);
     }
 
     #[test]
