@@ -254,13 +254,15 @@ mod tests {
 
     use super::*;
     use crate::testing::{
-        assert_scoped, ctx, inserted, none, param, postgres, statements, user_row,
+        assert_scoped, bound, committed, ctx, inserted, none, one_each, param, postgres,
+        statements, tenant_calls, user_row,
     };
 
     #[tokio::test]
     async fn create_inserts_into_the_contexts_tenant() -> anyhow::Result<()> {
         let tenant = Uuid::now_v7();
         let db = postgres()
+            .append_exec_results([bound()])
             .append_query_results([vec![user_row(tenant, Uuid::now_v7())]])
             .into_connection();
         let user = UserRepository::new(&db)
@@ -268,8 +270,9 @@ mod tests {
             .await?;
         assert_eq!(user.tenant_id, tenant);
 
-        let log = statements(db);
-        assert_eq!(log.len(), 1);
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true]);
+        let log = one_each(&calls);
         assert_eq!(assert_scoped(&log[0], tenant), 0);
         assert!(log[0].sql.contains("RETURNING"), "{}", log[0].sql);
         assert_eq!(inserted(&log[0], "email"), &Value::from("ada@example.com"));
@@ -332,6 +335,7 @@ mod tests {
         let tenant = Uuid::now_v7();
         let id = Uuid::now_v7();
         let db = postgres()
+            .append_exec_results([bound(), bound()])
             .append_query_results([vec![user_row(tenant, id)]])
             .append_query_results([none()])
             .into_connection();
@@ -347,8 +351,9 @@ mod tests {
             None
         );
 
-        let log = statements(db);
-        assert_eq!(log.len(), 2);
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true, true]);
+        let log = one_each(&calls);
         for statement in &log {
             assert!(statement.sql.starts_with("SELECT"), "{}", statement.sql);
             assert_eq!(assert_scoped(statement, tenant), 1);
@@ -375,6 +380,7 @@ mod tests {
         let after = Uuid::now_v7();
         let ids = [Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7()];
         let db = postgres()
+            .append_exec_results([bound(), bound()])
             // One row more than the limit: the page says another follows.
             .append_query_results([ids
                 .iter()
@@ -400,8 +406,9 @@ mod tests {
             .await?;
         assert_eq!(page.next, None);
 
-        let log = statements(db);
-        assert_eq!(log.len(), 2);
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true, true]);
+        let log = one_each(&calls);
         let filtered = &log[0];
         assert_eq!(assert_scoped(filtered, tenant), 1);
         let sql = &filtered.sql;
@@ -436,6 +443,7 @@ mod tests {
         let tenant = Uuid::now_v7();
         let id = Uuid::now_v7();
         let db = postgres()
+            .append_exec_results([bound(), bound()])
             .append_query_results([vec![user_row(tenant, id)]])
             .append_query_results([none()])
             .into_connection();
@@ -452,8 +460,10 @@ mod tests {
             "{missing:?}"
         );
 
-        let log = statements(db);
-        assert_eq!(log.len(), 2, "a miss is not looked up again");
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true, false]);
+        // A miss is not looked up again.
+        let log = one_each(&calls);
         for statement in &log {
             let sql = &statement.sql;
             assert!(sql.starts_with("UPDATE \"users\" SET"), "{sql}");
@@ -474,6 +484,7 @@ mod tests {
         let id = Uuid::now_v7();
         let ctx = ctx(tenant);
         let db = postgres()
+            .append_exec_results(vec![bound(); 4])
             .append_query_results([vec![user_row(tenant, id)]])
             .append_query_results([vec![user_row(tenant, id)]])
             .append_query_results([vec![user_row(tenant, id)]])
@@ -489,8 +500,9 @@ mod tests {
             "{missing:?}"
         );
 
-        let log = statements(db);
-        assert_eq!(log.len(), 4);
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true, true, true, false]);
+        let log = one_each(&calls);
         let expected = [
             ("\"status\" = $1::\"user_status\"", Some("INACTIVE")),
             ("\"status\" = $1::\"user_status\"", Some("ACTIVE")),
