@@ -398,14 +398,15 @@ mod tests {
 
     use super::*;
     use crate::testing::{
-        affected, assert_scoped, ctx, group_row, inserted, none, param, postgres, statements,
-        user_row,
+        affected, assert_scoped, bound, committed, ctx, group_row, inserted, none, one_each, param,
+        postgres, statements, tenant_calls, user_row,
     };
 
     #[tokio::test]
     async fn create_inserts_into_the_contexts_tenant() -> anyhow::Result<()> {
         let tenant = Uuid::now_v7();
         let db = postgres()
+            .append_exec_results([bound()])
             .append_query_results([vec![group_row(tenant, Uuid::now_v7())]])
             .into_connection();
         let mut group = NewGroup::new(" Reviewers ", "reviewers");
@@ -415,8 +416,9 @@ mod tests {
             .await?;
         assert_eq!(created.tenant_id, tenant);
 
-        let log = statements(db);
-        assert_eq!(log.len(), 1);
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true]);
+        let log = one_each(&calls);
         assert_eq!(assert_scoped(&log[0], tenant), 0);
         assert!(
             log[0].sql.starts_with("INSERT INTO \"groups\""),
@@ -495,6 +497,7 @@ mod tests {
         let after = Uuid::now_v7();
         let ctx = ctx(tenant);
         let db = postgres()
+            .append_exec_results(vec![bound(); 3])
             .append_query_results([vec![group_row(tenant, id)]])
             .append_query_results([vec![group_row(tenant, id)]])
             .append_query_results([vec![group_row(tenant, id)]])
@@ -506,8 +509,9 @@ mod tests {
         assert_eq!(page.items.len(), 1);
         assert_eq!(page.next, None);
 
-        let log = statements(db);
-        assert_eq!(log.len(), 3);
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true; 3]);
+        let log = one_each(&calls);
         for statement in &log {
             assert!(statement.sql.starts_with("SELECT"), "{}", statement.sql);
             assert_eq!(assert_scoped(statement, tenant), 1);
@@ -540,6 +544,7 @@ mod tests {
         let tenant = Uuid::now_v7();
         let id = Uuid::now_v7();
         let db = postgres()
+            .append_exec_results([bound(), bound()])
             .append_query_results([vec![group_row(tenant, id)]])
             .append_query_results([none()])
             .into_connection();
@@ -562,8 +567,10 @@ mod tests {
             "{missing:?}"
         );
 
-        let log = statements(db);
-        assert_eq!(log.len(), 2, "a miss is not looked up again");
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true, false]);
+        // A miss is not looked up again.
+        let log = one_each(&calls);
         for statement in &log {
             let sql = &statement.sql;
             assert!(sql.starts_with("UPDATE \"groups\" SET \"description\" = $1, \"assignment_strategy\" = $2::\"assignment_strategy\", \"updated_at\" = $3"), "{sql}");
@@ -582,7 +589,7 @@ mod tests {
         let tenant = Uuid::now_v7();
         let id = Uuid::now_v7();
         let db = postgres()
-            .append_exec_results([affected(1), affected(0)])
+            .append_exec_results([bound(), affected(1), bound(), affected(0)])
             .into_connection();
         let groups = GroupRepository::new(&db);
         groups.delete(&ctx(tenant), id).await?;
@@ -592,7 +599,7 @@ mod tests {
             "{missing:?}"
         );
 
-        let log = statements(db);
+        let log = one_each(&tenant_calls(db, tenant));
         assert_eq!(log.len(), 2);
         for statement in &log {
             assert!(
@@ -612,7 +619,16 @@ mod tests {
         let (group, user) = (Uuid::now_v7(), Uuid::now_v7());
         let ctx = ctx(tenant);
         let db = postgres()
-            .append_exec_results([affected(1), affected(0), affected(1), affected(0)])
+            .append_exec_results([
+                bound(),
+                affected(1),
+                bound(),
+                affected(0),
+                bound(),
+                affected(1),
+                bound(),
+                affected(0),
+            ])
             .into_connection();
         let groups = GroupRepository::new(&db);
         assert!(groups.add_member(&ctx, group, user).await?);
@@ -621,8 +637,9 @@ mod tests {
         assert!(groups.remove_member(&ctx, group, user).await?);
         assert!(!groups.remove_member(&ctx, group, user).await?);
 
-        let log = statements(db);
-        assert_eq!(log.len(), 4);
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true; 4]);
+        let log = one_each(&calls);
         for insert in &log[..2] {
             assert!(
                 insert.sql.starts_with("INSERT INTO \"group_members\"")
@@ -654,6 +671,7 @@ mod tests {
         let (group, user, after) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
         let ctx = ctx(tenant);
         let db = postgres()
+            .append_exec_results([bound(), bound()])
             .append_query_results([vec![user_row(tenant, user)]])
             .append_query_results([vec![group_row(tenant, group)]])
             .into_connection();
@@ -665,7 +683,7 @@ mod tests {
         let of_user = groups.list_user_groups(&ctx, user).await?;
         assert_eq!(of_user.len(), 1);
 
-        let log = statements(db);
+        let log = one_each(&tenant_calls(db, tenant));
         assert_eq!(log.len(), 2);
         // One predicate for the outer table and one inside the membership subquery.
         let members = &log[0];
@@ -713,6 +731,7 @@ mod tests {
             ])
         };
         let db = postgres()
+            .append_exec_results([bound()])
             .append_query_results([vec![row(idle, 0), row(busy, 3)]])
             .into_connection();
         let workloads = GroupRepository::new(&db)
@@ -732,8 +751,9 @@ mod tests {
             ]
         );
 
-        let log = statements(db);
-        assert_eq!(log.len(), 1, "one statement");
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(calls.len(), 1);
+        let log = one_each(&calls);
         let statement = &log[0];
         assert_eq!(assert_scoped(statement, tenant), 1);
         let sql = &statement.sql;
