@@ -274,17 +274,20 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::testing::{assert_system, inserted, none, param, postgres, statements, tenant_row};
+    use crate::testing::{
+        assert_system, committed, inserted, none, one_each, param, postgres, sent, statements,
+        system_calls, system_role, tenant_row,
+    };
 
     #[tokio::test]
     async fn create_and_reads_stay_on_the_tenants_table() -> anyhow::Result<()> {
         let id = Uuid::now_v7();
         let after = Uuid::now_v7();
         let db = postgres()
-            .append_query_results([vec![tenant_row(id, "ACTIVE")]])
-            .append_query_results([vec![tenant_row(id, "ACTIVE")]])
-            .append_query_results([none()])
-            .append_query_results([vec![tenant_row(id, "SUSPENDED")]])
+            .append_query_results([system_role(true), vec![tenant_row(id, "ACTIVE")]])
+            .append_query_results([system_role(true), vec![tenant_row(id, "ACTIVE")]])
+            .append_query_results([system_role(true), none()])
+            .append_query_results([system_role(true), vec![tenant_row(id, "SUSPENDED")]])
             .into_connection();
         let tenants = TenantRepository::new(&db);
         let mut tenant = NewTenant::new(" Acme ", "acme");
@@ -297,8 +300,9 @@ mod tests {
             .await?;
         assert_eq!(page.items[0].status, TenantStatus::Suspended);
 
-        let log = statements(db);
-        assert_eq!(log.len(), 4);
+        let calls = system_calls(db);
+        assert_eq!(committed(&calls), [true; 4]);
+        let log = one_each(&calls);
         log.iter().for_each(assert_system);
         let insert = &log[0];
         assert!(
@@ -376,6 +380,28 @@ mod tests {
         );
     }
 
+    #[tokio::test]
+    async fn a_role_confined_to_one_tenant_is_denied_before_anything_else_is_sent() {
+        let db = postgres()
+            .append_query_results(vec![system_role(false); 4])
+            .into_connection();
+        let tenants = TenantRepository::new(&db);
+        let id = Uuid::now_v7();
+        assert_denied(tenants.create(NewTenant::new("Acme", "acme")).await);
+        assert_denied(tenants.find_by_id(id).await);
+        assert_denied(tenants.suspend(id).await);
+        assert_denied(tenants.list(None, &PageRequest::first(1)).await);
+
+        let calls = system_calls(db);
+        assert_eq!(committed(&calls), [false; 4]);
+        assert!(sent(&calls).is_empty(), "{calls:?}");
+    }
+
+    #[track_caller]
+    fn assert_denied<T: std::fmt::Debug>(result: Result<T>) {
+        assert!(matches!(result, Err(Error::Denied { .. })), "{result:?}");
+    }
+
     /// The `status IN (...)` labels a guarded statement accepts, read from its placeholders.
     fn guard(statement: &sea_orm::Statement) -> Vec<Value> {
         let sql = &statement.sql;
@@ -396,10 +422,10 @@ mod tests {
     async fn status_changes_are_one_guarded_statement() -> anyhow::Result<()> {
         let id = Uuid::now_v7();
         let db = postgres()
-            .append_query_results([vec![tenant_row(id, "SUSPENDED")]])
-            .append_query_results([vec![tenant_row(id, "ACTIVE")]])
-            .append_query_results([vec![tenant_row(id, "DELETED")]])
-            .append_query_results([vec![tenant_row(id, "ACTIVE")]])
+            .append_query_results([system_role(true), vec![tenant_row(id, "SUSPENDED")]])
+            .append_query_results([system_role(true), vec![tenant_row(id, "ACTIVE")]])
+            .append_query_results([system_role(true), vec![tenant_row(id, "DELETED")]])
+            .append_query_results([system_role(true), vec![tenant_row(id, "ACTIVE")]])
             .into_connection();
         let tenants = TenantRepository::new(&db);
         tenants.suspend(id).await?;
@@ -412,8 +438,10 @@ mod tests {
         };
         tenants.update(id, update).await?;
 
-        let log = statements(db);
-        assert_eq!(log.len(), 4, "nothing is read when the write succeeds");
+        let calls = system_calls(db);
+        assert_eq!(committed(&calls), [true; 4]);
+        // Nothing is read when the write succeeds.
+        let log = one_each(&calls);
         let live = ["ACTIVE", "SUSPENDED"].map(Value::from).to_vec();
         let expected = [
             (
@@ -450,8 +478,12 @@ mod tests {
     async fn a_refused_status_change_reads_the_tenant_once_to_say_why() {
         let (deleted, missing) = (Uuid::now_v7(), Uuid::now_v7());
         let db = postgres()
-            .append_query_results([none(), vec![tenant_row(deleted, "DELETED")]])
-            .append_query_results([none(), none()])
+            .append_query_results([
+                system_role(true),
+                none(),
+                vec![tenant_row(deleted, "DELETED")],
+            ])
+            .append_query_results([system_role(true), none(), none()])
             .into_connection();
         let tenants = TenantRepository::new(&db);
         let result = tenants.suspend(deleted).await;
@@ -475,8 +507,13 @@ mod tests {
             "{result:?}"
         );
 
-        let log = statements(db);
-        assert_eq!(log.len(), 4);
+        let calls = system_calls(db);
+        assert_eq!(committed(&calls), [false, false]);
+        assert!(
+            calls.iter().all(|call| call.statements.len() == 2),
+            "{calls:?}"
+        );
+        let log = sent(&calls);
         log.iter().for_each(assert_system);
         assert!(log[0].sql.starts_with("UPDATE"), "{}", log[0].sql);
         assert!(log[1].sql.starts_with("SELECT"), "{}", log[1].sql);
