@@ -375,13 +375,13 @@ fn filtered(ctx: &RequestContext, query: &AuditQuery) -> Result<Select<audit_eve
 
 #[cfg(test)]
 mod tests {
-    use sea_orm::{
-        DatabaseConnection, Iterable, MockDatabase, MockExecResult, Statement, Value as DbValue,
-    };
+    use sea_orm::{Iterable, MockDatabase, MockExecResult, Statement, Value as DbValue};
     use serde_json::json;
 
     use super::*;
     use crate::context::Actor;
+    // `testing::bound` by its path: `bound` here is the clock's.
+    use crate::testing::{self, assert_scoped, committed, one_each, statements, tenant_calls};
 
     fn context() -> RequestContext {
         RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7()))
@@ -405,13 +405,6 @@ mod tests {
             span_id: Some("span-1".to_owned()),
             created_at: now(),
         }
-    }
-
-    fn statements(db: DatabaseConnection) -> Vec<Statement> {
-        db.into_transaction_log()
-            .iter()
-            .flat_map(|txn| txn.statements().to_vec())
-            .collect()
     }
 
     fn values(statement: &Statement) -> Vec<DbValue> {
@@ -461,6 +454,7 @@ mod tests {
         let ctx = context();
         let stored = model(&ctx);
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([testing::bound()])
             .append_query_results([[stored.clone()]])
             .into_connection();
         let event = NewAuditEvent::new("task.created", "create", "task", "t-1")
@@ -468,8 +462,9 @@ mod tests {
         let recorded = AuditRepository::new(&db).record(&ctx, event).await?;
         assert_eq!(recorded, stored);
 
-        let statements = statements(db);
-        assert_eq!(statements.len(), 1);
+        let calls = tenant_calls(db, ctx.tenant_id());
+        assert_eq!(committed(&calls), [true]);
+        let statements = one_each(&calls);
         assert_eq!(assert_insert_scoped(&statements[0], &ctx), 1);
         assert!(
             statements[0].sql.contains("RETURNING"),
@@ -483,10 +478,13 @@ mod tests {
     async fn record_many_is_one_insert_into_the_contexts_tenant() -> anyhow::Result<()> {
         let ctx = context();
         let db = MockDatabase::new(DbBackend::Postgres)
-            .append_exec_results([MockExecResult {
-                last_insert_id: 0,
-                rows_affected: 3,
-            }])
+            .append_exec_results([
+                testing::bound(),
+                MockExecResult {
+                    last_insert_id: 0,
+                    rows_affected: 3,
+                },
+            ])
             .into_connection();
         let events = (0..3)
             .map(|i| NewAuditEvent::new("task.created", "create", "task", format!("t-{i}")))
@@ -494,8 +492,9 @@ mod tests {
         let written = AuditRepository::new(&db).record_many(&ctx, events).await?;
         assert_eq!(written, 3);
 
-        let statements = statements(db);
-        assert_eq!(statements.len(), 1, "{statements:?}");
+        let calls = tenant_calls(db, ctx.tenant_id());
+        assert_eq!(committed(&calls), [true]);
+        let statements = one_each(&calls);
         assert_eq!(assert_insert_scoped(&statements[0], &ctx), 3);
         Ok(())
     }
@@ -504,16 +503,18 @@ mod tests {
     async fn record_many_at_the_cap_is_still_one_insert_on_postgres() -> anyhow::Result<()> {
         let ctx = context();
         let db = MockDatabase::new(DbBackend::Postgres)
-            .append_exec_results([MockExecResult {
-                last_insert_id: 0,
-                rows_affected: RECORD_MANY_MAX as u64,
-            }])
+            .append_exec_results([
+                testing::bound(),
+                MockExecResult {
+                    last_insert_id: 0,
+                    rows_affected: RECORD_MANY_MAX as u64,
+                },
+            ])
             .into_connection();
         let events = vec![NewAuditEvent::new("e", "a", "r", "1"); RECORD_MANY_MAX];
         AuditRepository::new(&db).record_many(&ctx, events).await?;
 
-        let statements = statements(db);
-        assert_eq!(statements.len(), 1);
+        let statements = one_each(&tenant_calls(db, ctx.tenant_id()));
         assert_eq!(assert_insert_scoped(&statements[0], &ctx), RECORD_MANY_MAX);
         Ok(())
     }
@@ -550,10 +551,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn refused_arguments_send_nothing() {
+        let ctx = context();
+        let db = MockDatabase::new(DbBackend::Postgres).into_connection();
+        let audit = AuditRepository::new(&db);
+        let result = audit
+            .record(&ctx, NewAuditEvent::new("e", "a", "r", "1\0"))
+            .await;
+        assert!(
+            matches!(
+                result,
+                Err(Error::Validation {
+                    field: "resource_id",
+                    ..
+                })
+            ),
+            "{result:?}"
+        );
+        let backwards = AuditQuery::all()
+            .from(now())
+            .to(now() - chrono::Duration::hours(1));
+        let blank = AuditQuery::all().event_type(" ");
+        for query in [&backwards, &blank] {
+            let result = audit.query(&ctx, query, &PageRequest::first(10)).await;
+            assert!(
+                matches!(result, Err(Error::Validation { .. })),
+                "{result:?}"
+            );
+            let result = audit.count(&ctx, query).await;
+            assert!(
+                matches!(result, Err(Error::Validation { .. })),
+                "{result:?}"
+            );
+        }
+        let result = audit
+            .query(&ctx, &AuditQuery::all(), &PageRequest::first(0))
+            .await;
+        assert!(
+            matches!(result, Err(Error::Validation { field: "limit", .. })),
+            "{result:?}"
+        );
+        assert_eq!(statements(db), Vec::<Statement>::new());
+    }
+
+    #[tokio::test]
     async fn query_selects_only_the_contexts_tenant() -> anyhow::Result<()> {
         let ctx = context();
         let rows = [model(&ctx), model(&ctx)];
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([testing::bound(), testing::bound()])
             .append_query_results([rows.to_vec(), rows.to_vec()])
             .into_connection();
         let audit = AuditRepository::new(&db);
@@ -570,10 +616,10 @@ mod tests {
             .query(&ctx, &AuditQuery::all(), &PageRequest::after(cursor, 10))
             .await?;
 
-        let statements = statements(db);
+        let statements = one_each(&tenant_calls(db, ctx.tenant_id()));
         assert_eq!(statements.len(), 2);
         for statement in &statements {
-            crate::testing::assert_scoped(statement, ctx.tenant_id());
+            assert_scoped(statement, ctx.tenant_id());
             assert!(
                 statement.sql.contains(
                     r#"ORDER BY "audit_events"."created_at" DESC, "audit_events"."id" DESC LIMIT $"#
@@ -596,6 +642,7 @@ mod tests {
     async fn count_counts_only_the_contexts_tenant() -> anyhow::Result<()> {
         let ctx = context();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([testing::bound(), testing::bound()])
             .append_query_results([
                 [std::collections::BTreeMap::from([(
                     "num_items",
@@ -612,7 +659,7 @@ mod tests {
         let query = AuditQuery::all().resource("task", "t-1");
         assert_eq!(audit.count(&ctx, &query).await?, 2);
 
-        let statements = statements(db);
+        let statements = one_each(&tenant_calls(db, ctx.tenant_id()));
         assert_eq!(statements.len(), 2);
         for statement in &statements {
             assert!(
@@ -620,7 +667,7 @@ mod tests {
                 "{}",
                 statement.sql
             );
-            crate::testing::assert_scoped(statement, ctx.tenant_id());
+            assert_scoped(statement, ctx.tenant_id());
         }
         Ok(())
     }
