@@ -479,13 +479,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use chrono::{DateTime, FixedOffset};
-    use sea_orm::{DatabaseConnection, DbBackend, MockDatabase, MockExecResult, Statement, Value};
+    use sea_orm::{DatabaseConnection, DbBackend, MockDatabase, MockExecResult, Value};
     use serde_json::json;
 
     use super::*;
     use crate::context::Actor;
-
-    const TABLES: [&str; 3] = ["\"conversations\"", "\"messages\"", "\"tasks\""];
+    use crate::testing::{Call, bound, committed, one_each, sent, statements, tenant_calls};
 
     fn ctx() -> Result<RequestContext> {
         RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7()))
@@ -557,19 +556,16 @@ mod tests {
         }
     }
 
-    /// The statements the mock received that touch a tenant-owned table, each checked to carry
-    /// the tenant: as a `"tenant_id" = $n` predicate, or as the inserted `tenant_id` value.
-    fn scoped_statements(db: DatabaseConnection, tenant: Uuid) -> Vec<Statement> {
-        let log = db.into_transaction_log();
-        let statements: Vec<Statement> = log
-            .iter()
-            .flat_map(|txn| txn.statements().iter().cloned())
-            .filter(|stmt| TABLES.iter().any(|table| stmt.sql.contains(table)))
-            .collect();
-        for stmt in &statements {
-            crate::testing::assert_scoped(stmt, tenant);
+    /// Each call the mock received, checked to bind the tenant first, and every statement it sent
+    /// after that to carry the tenant: as a `"tenant_id" = $n` predicate, or as the inserted
+    /// `tenant_id` value.
+    #[track_caller]
+    fn scoped_calls(db: DatabaseConnection, tenant: Uuid) -> Vec<Call> {
+        let calls = tenant_calls(db, tenant);
+        for stmt in sent(&calls) {
+            crate::testing::assert_scoped(&stmt, tenant);
         }
-        statements
+        calls
     }
 
     #[tokio::test]
@@ -577,6 +573,7 @@ mod tests {
         let ctx = ctx()?;
         let tenant = ctx.tenant_id();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound()])
             .append_query_results([[conversation_row(tenant, Uuid::now_v7(), "ACTIVE")]])
             .into_connection();
         let created = ConversationRepository::new(&db)
@@ -586,12 +583,54 @@ mod tests {
             )
             .await?;
         assert_eq!(created.status, ConversationStatus::Active);
-        let statements = scoped_statements(db, tenant);
-        assert_eq!(statements.len(), 1);
+        let calls = scoped_calls(db, tenant);
+        assert_eq!(committed(&calls), [true]);
+        let statements = one_each(&calls);
         assert!(
             statements[0]
                 .sql
                 .starts_with("INSERT INTO \"conversations\"")
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn refused_arguments_send_nothing() -> Result<()> {
+        let ctx = ctx()?;
+        let id = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Postgres).into_connection();
+        let repo = ConversationRepository::new(&db);
+        let refused = |result: Result<()>, field: &str| {
+            assert!(
+                matches!(&result, Err(Error::Validation { field: f, .. }) if *f == field),
+                "{field}: {result:?}"
+            );
+        };
+        let create = repo.create(&ctx, NewConversation::new(json!([1]))).await;
+        refused(create.map(drop), "participant");
+        let lookup = repo.find_by_external_id(&ctx, " ", "thread-1").await;
+        refused(lookup.map(drop), "channel");
+        let get = repo.get_or_create(&ctx, "slack", "", json!({})).await;
+        refused(get.map(drop), "external_id");
+        let get = repo
+            .get_or_create(&ctx, "slack", "thread-1", json!("x"))
+            .await;
+        refused(get.map(drop), "participant");
+        let append = repo
+            .append_message(&ctx, id, NewMessage::new("user", " "))
+            .await;
+        refused(append.map(drop), "content");
+        let mut message = NewMessage::new("user", "hello");
+        message.metadata = Some(json!(1));
+        let append = repo.append_message(&ctx, id, message).await;
+        refused(append.map(drop), "metadata");
+        let list = repo.list_messages(&ctx, id, &PageRequest::first(0)).await;
+        refused(list.map(drop), "limit");
+        let list = repo.list_tasks(&ctx, id, &PageRequest::first(501)).await;
+        refused(list.map(drop), "limit");
+        assert!(
+            statements(db).is_empty(),
+            "a refused call reached the database"
         );
         Ok(())
     }
@@ -602,6 +641,7 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound(), bound()])
             .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
             .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
             .into_connection();
@@ -612,7 +652,7 @@ mod tests {
                 .await?
                 .is_some()
         );
-        let statements = scoped_statements(db, tenant);
+        let statements = one_each(&scoped_calls(db, tenant));
         assert_eq!(statements.len(), 2);
         assert!(statements.iter().all(|s| s.sql.starts_with("SELECT")));
         // The lookup is trimmed, as the value was when stored.
@@ -631,7 +671,7 @@ mod tests {
         let tenant = ctx.tenant_id();
         let row = conversation_row(tenant, Uuid::now_v7(), "ACTIVE");
         let db = MockDatabase::new(DbBackend::Postgres)
-            .append_exec_results([exec(1), exec(0)])
+            .append_exec_results([bound(), exec(1), bound(), exec(0)])
             .append_query_results([[row.clone()], [row]])
             .into_connection();
         let repo = ConversationRepository::new(&db);
@@ -644,8 +684,14 @@ mod tests {
             .await?;
         assert!(!created);
         assert_eq!(first.id, second.id);
-        let statements = scoped_statements(db, tenant);
-        assert_eq!(statements.len(), 4);
+        let calls = scoped_calls(db, tenant);
+        assert_eq!(committed(&calls), [true, true]);
+        // Per call: the insert, then the read.
+        assert!(
+            calls.iter().all(|call| call.statements.len() == 2),
+            "{calls:?}"
+        );
+        let statements = sent(&calls);
         for insert in [&statements[0], &statements[2]] {
             assert!(
                 insert.sql.ends_with(
@@ -664,25 +710,25 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound()])
             .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
             .append_query_results([[message_row(tenant, id)]])
             .into_connection();
         ConversationRepository::new(&db)
             .append_message(&ctx, id, NewMessage::new("user", "hello"))
             .await?;
-        let log = db.into_transaction_log();
-        assert_eq!(log.len(), 1, "one transaction: {log:?}");
-        let sql: Vec<&str> = log[0].statements().iter().map(|s| s.sql.as_str()).collect();
-        assert_eq!(sql.len(), 4, "{sql:?}");
-        assert_eq!(sql[0], "BEGIN");
-        assert!(sql[1].starts_with("UPDATE \"conversations\""), "{}", sql[1]);
+        // One transaction: BEGIN, the binding, the update, the insert, COMMIT.
+        let calls = tenant_calls(db, tenant);
+        assert_eq!(committed(&calls), [true], "one transaction: {calls:?}");
+        let sql: Vec<&str> = calls[0].statements.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(sql.len(), 2, "{sql:?}");
+        assert!(sql[0].starts_with("UPDATE \"conversations\""), "{}", sql[0]);
         assert!(
-            sql[1].contains("\"status\" = $4::\"conversation_status\""),
+            sql[0].contains("\"status\" = $4::\"conversation_status\""),
             "{}",
-            sql[1]
+            sql[0]
         );
-        assert!(sql[2].starts_with("INSERT INTO \"messages\""), "{}", sql[2]);
-        assert_eq!(sql[3], "COMMIT");
+        assert!(sql[1].starts_with("INSERT INTO \"messages\""), "{}", sql[1]);
         Ok(())
     }
 
@@ -692,13 +738,14 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound()])
             .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
             .append_query_results([[message_row(tenant, id)]])
             .into_connection();
         ConversationRepository::new(&db)
             .append_message(&ctx, id, NewMessage::new("user", "hello"))
             .await?;
-        assert_eq!(scoped_statements(db, tenant).len(), 2);
+        assert_eq!(sent(&scoped_calls(db, tenant)).len(), 2);
         Ok(())
     }
 
@@ -708,6 +755,7 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound()])
             .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
             .append_query_results([[conversation_row(tenant, id, "CLOSED")]])
             .into_connection();
@@ -720,7 +768,9 @@ mod tests {
                 if state == "CLOSED" && *action == "append a message to"),
             "{error:?}"
         );
-        let statements = scoped_statements(db, tenant);
+        let calls = scoped_calls(db, tenant);
+        assert_eq!(committed(&calls), [false]);
+        let statements = sent(&calls);
         assert_eq!(statements.len(), 2);
         assert!(statements[0].sql.starts_with("UPDATE"));
         assert!(statements[1].sql.starts_with("SELECT"));
@@ -733,6 +783,7 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound()])
             .append_query_results([[message_row(tenant, id), message_row(tenant, id)]])
             .into_connection();
         let cursor = TimeCursor {
@@ -744,7 +795,7 @@ mod tests {
             .await?;
         assert_eq!(page.items.len(), 1);
         assert!(page.next.is_some());
-        let statements = scoped_statements(db, tenant);
+        let statements = one_each(&scoped_calls(db, tenant));
         assert_eq!(statements.len(), 1);
         let sql = &statements[0].sql;
         assert!(
@@ -766,6 +817,7 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound(), bound()])
             .append_query_results([[conversation_row(tenant, id, "CLOSED")]])
             .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
             .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
@@ -783,7 +835,11 @@ mod tests {
             ),
             "{error:?}"
         );
-        let statements = scoped_statements(db, tenant);
+        let calls = scoped_calls(db, tenant);
+        assert_eq!(committed(&calls), [true, false]);
+        // A miss reads the conversation once, to say why.
+        assert_eq!(calls[1].statements.len(), 2, "{calls:?}");
+        let statements = sent(&calls);
         assert_eq!(statements.len(), 3);
         assert!(statements[0].sql.starts_with("UPDATE \"conversations\""));
         assert!(statements[0].sql.contains("RETURNING"));
@@ -796,6 +852,7 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound(), bound()])
             .append_query_results([[conversation_row(tenant, id, "ARCHIVED")]])
             .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
             .append_query_results([[conversation_row(tenant, id, "ARCHIVED")]])
@@ -808,7 +865,10 @@ mod tests {
                 if state == "ARCHIVED"),
             "{error:?}"
         );
-        let statements = scoped_statements(db, tenant);
+        let calls = scoped_calls(db, tenant);
+        assert_eq!(committed(&calls), [true, false]);
+        assert_eq!(calls[1].statements.len(), 2, "{calls:?}");
+        let statements = sent(&calls);
         assert_eq!(statements.len(), 3);
         assert!(
             statements[0]
@@ -827,6 +887,7 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
+            .append_exec_results([bound()])
             .append_query_results([[task_row(tenant, id)]])
             .into_connection();
         let page = ConversationRepository::new(&db)
@@ -834,7 +895,7 @@ mod tests {
             .await?;
         assert_eq!(page.items.len(), 1);
         assert_eq!(page.next, None);
-        let statements = scoped_statements(db, tenant);
+        let statements = one_each(&scoped_calls(db, tenant));
         assert_eq!(statements.len(), 1);
         assert!(statements[0].sql.contains("\"tasks\".\"id\" > $"));
         Ok(())
