@@ -908,12 +908,12 @@ mod tests {
     use std::collections::BTreeMap;
 
     use sea_orm::{
-        DatabaseConnection, DbBackend, IdenStatic, Iterable, MockDatabase, MockExecResult,
-        ModelTrait, Statement, Value,
+        DbBackend, IdenStatic, Iterable, MockDatabase, MockExecResult, ModelTrait, Statement, Value,
     };
 
     use super::*;
     use crate::Actor;
+    use crate::testing::{bound, committed, one_each, sent, statements, tenant_calls};
 
     fn ctx() -> RequestContext {
         RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7())).expect("context")
@@ -961,14 +961,6 @@ mod tests {
         }
     }
 
-    fn statements(db: DatabaseConnection) -> Vec<Statement> {
-        db.into_transaction_log()
-            .into_iter()
-            .flat_map(|txn| txn.statements().to_vec())
-            .filter(|stmt| !matches!(stmt.sql.as_str(), "BEGIN" | "COMMIT" | "ROLLBACK"))
-            .collect()
-    }
-
     /// Every statement is confined to the context's tenant, subqueries included.
     #[track_caller]
     fn assert_tenant_everywhere(statements: &[Statement], ctx: &RequestContext) {
@@ -984,13 +976,16 @@ mod tests {
         let created = task(&ctx, TaskStatus::Created);
         let db = MockDatabase::new(DbBackend::Postgres)
             .append_query_results([vec![row(&created)]])
-            .append_exec_results([exec(1)])
+            .append_exec_results([bound(), exec(1)])
             .into_connection();
         let result = TaskRepository::new(&db)
             .create(&ctx, NewTask::new("wf", "run", "T", json!({})))
             .await;
         assert_eq!(result.ok(), Some(created));
-        let statements = statements(db);
+        // One transaction: the task and its history, or neither.
+        let calls = tenant_calls(db, ctx.tenant_id());
+        assert_eq!(committed(&calls), [true]);
+        let statements = sent(&calls);
         assert_eq!(statements.len(), 2);
         assert!(statements[0].sql.starts_with(r#"INSERT INTO "tasks""#));
         assert!(
@@ -999,6 +994,57 @@ mod tests {
                 .starts_with(r#"INSERT INTO "task_history""#)
         );
         assert_tenant_everywhere(&statements, &ctx);
+    }
+
+    #[tokio::test]
+    async fn refused_arguments_send_nothing() {
+        let ctx = ctx();
+        let db = MockDatabase::new(DbBackend::Postgres).into_connection();
+        let repo = TaskRepository::new(&db);
+        let (id, user) = (Uuid::now_v7(), Uuid::now_v7());
+        let nobody = AssignTo {
+            user_id: None,
+            group_id: None,
+        };
+        let refused = |result: Result<()>, field: &str| {
+            assert!(
+                matches!(&result, Err(Error::Validation { field: f, .. }) if *f == field),
+                "{field}: {result:?}"
+            );
+        };
+        let task = || NewTask::new("wf", "run", "T", json!({}));
+        for (new, field) in [
+            (NewTask::new("wf", "run", " ", json!({})), "title"),
+            (NewTask::new("wf", "run", "T", json!([])), "form_schema"),
+            (task().assigned_to(nobody), "assign_to"),
+            (task().with_sla(now(), json!(null)), "sla.config"),
+        ] {
+            refused(repo.create(&ctx, new).await.map(drop), field);
+        }
+        let page = PageRequest::first(0);
+        let run = repo.list_by_workflow_run(&ctx, "", "run", &page).await;
+        refused(run.map(drop), "workflow_id");
+        let status = repo.list_by_status(&ctx, TaskStatus::Created, &page).await;
+        refused(status.map(drop), "limit");
+        let inbox = repo
+            .find_pending_for_user(&ctx, user, &PageRequest::first(0))
+            .await;
+        refused(inbox.map(drop), "limit");
+        let overdue = repo.overdue(&ctx, now(), &PageRequest::first(501)).await;
+        refused(overdue.map(drop), "limit");
+        refused(repo.assign(&ctx, id, nobody).await.map(drop), "assign_to");
+        let complete = repo.complete(&ctx, id, user, json!("done")).await;
+        refused(complete.map(drop), "form_data");
+        let escalate = repo.escalate(&ctx, id, Some(nobody), None).await;
+        refused(escalate.map(drop), "assign_to");
+        refused(
+            repo.cancel(&ctx, id, Some("a\0b")).await.map(drop),
+            "reason",
+        );
+        assert!(
+            statements(db).is_empty(),
+            "a refused call reached the database"
+        );
     }
 
     #[tokio::test]
@@ -1014,6 +1060,7 @@ mod tests {
                 vec![],
             ])
             .append_query_results([Vec::<BTreeMap<String, Value>>::new()])
+            .append_exec_results(vec![bound(); 6])
             .into_connection();
         let repo = TaskRepository::new(&db);
         let page = PageRequest::first(10);
@@ -1031,8 +1078,9 @@ mod tests {
             .await
             .expect("overdue");
         repo.history(&ctx, found.id).await.expect("history");
-        let statements = statements(db);
-        assert_eq!(statements.len(), 6);
+        let calls = tenant_calls(db, ctx.tenant_id());
+        assert_eq!(committed(&calls), [true; 6]);
+        let statements = one_each(&calls);
         assert!(statements[1].sql.contains(r#""group_members""#));
         assert!(statements[1].sql.contains("NULLS LAST"));
         assert_tenant_everywhere(&statements, &ctx);
@@ -1046,11 +1094,13 @@ mod tests {
         claimed.claimed_by = Some(user);
         let db = MockDatabase::new(DbBackend::Postgres)
             .append_query_results([vec![row(&claimed)]])
-            .append_exec_results([exec(1)])
+            .append_exec_results([bound(), exec(1)])
             .into_connection();
         let result = TaskRepository::new(&db).claim(&ctx, claimed.id, user).await;
         assert_eq!(result.ok(), Some(claimed));
-        let statements = statements(db);
+        let calls = tenant_calls(db, ctx.tenant_id());
+        assert_eq!(committed(&calls), [true]);
+        let statements = sent(&calls);
         assert_eq!(statements.len(), 2);
         let update = &statements[0].sql;
         assert!(update.starts_with(r#"UPDATE "tasks" SET"#), "{update}");
@@ -1067,6 +1117,7 @@ mod tests {
         let done = task(&ctx, TaskStatus::Completed);
         let db = MockDatabase::new(DbBackend::Postgres)
             .append_query_results([Vec::<BTreeMap<String, Value>>::new(), vec![row(&done)]])
+            .append_exec_results([bound()])
             .into_connection();
         let result = TaskRepository::new(&db).cancel(&ctx, done.id, None).await;
         assert!(matches!(
@@ -1077,7 +1128,9 @@ mod tests {
                 ..
             })
         ));
-        let statements = statements(db);
+        let calls = tenant_calls(db, ctx.tenant_id());
+        assert_eq!(committed(&calls), [false]);
+        let statements = sent(&calls);
         assert_eq!(statements.len(), 2);
         assert!(statements[0].sql.starts_with("UPDATE"));
         assert!(statements[1].sql.starts_with("SELECT"));
@@ -1094,7 +1147,7 @@ mod tests {
         for _ in 0..7 {
             db = db
                 .append_query_results([vec![row(&updated)]])
-                .append_exec_results([exec(1)]);
+                .append_exec_results([bound(), exec(1)]);
         }
         let db = db.into_connection();
         let repo = TaskRepository::new(&db);
@@ -1110,8 +1163,14 @@ mod tests {
         repo.escalate(&ctx, id, None, None).await.expect("escalate");
         repo.expire(&ctx, id).await.expect("expire");
         repo.cancel(&ctx, id, None).await.expect("cancel");
-        let statements = statements(db);
-        assert_eq!(statements.len(), 14);
+        let calls = tenant_calls(db, ctx.tenant_id());
+        assert_eq!(committed(&calls), [true; 7]);
+        // Per transition: the guarded update and its history row.
+        assert!(
+            calls.iter().all(|call| call.statements.len() == 2),
+            "{calls:?}"
+        );
+        let statements = sent(&calls);
         assert_tenant_everywhere(&statements, &ctx);
     }
 
