@@ -160,3 +160,146 @@ async fn check_system_role(txn: &impl ConnectionTrait) -> Result<()> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use sea_orm::MockDatabase;
+
+    use super::*;
+    use crate::testing::{
+        assert_bound, assert_role_checked, bind_tenant, bound, ctx, none, postgres, system_role,
+        transactions,
+    };
+    use crate::{GroupRepository, TenantRepository, UserRepository};
+
+    #[tokio::test]
+    async fn system_transaction_refuses_a_role_confined_to_one_tenant() {
+        let db = postgres()
+            .append_query_results([system_role(false)])
+            .into_connection();
+        let mut ran = false;
+        let result = system_transaction(&db, async |_| {
+            ran = true;
+            Ok(())
+        })
+        .await;
+        assert!(
+            matches!(&result, Err(Error::Denied { reason }) if reason.contains("orkestra_app")),
+            "{result:?}"
+        );
+        assert!(!ran, "the work ran on a denied role");
+
+        // Nothing after the check: BEGIN, the check, ROLLBACK.
+        let log = transactions(db);
+        assert_eq!(log.len(), 1, "{log:?}");
+        let call = assert_role_checked(&log[0]);
+        assert!(call.statements.is_empty(), "{call:?}");
+        assert!(!call.committed);
+    }
+
+    #[tokio::test]
+    async fn system_transaction_refuses_a_role_the_catalog_does_not_list() {
+        let db = postgres().append_query_results([none()]).into_connection();
+        let result = system_transaction(&db, async |_| Ok(())).await;
+        assert!(
+            matches!(&result, Err(Error::Denied { reason }) if reason.contains("unknown")),
+            "{result:?}"
+        );
+        let log = transactions(db);
+        assert_eq!(log.len(), 1, "{log:?}");
+        assert!(assert_role_checked(&log[0]).statements.is_empty());
+    }
+
+    #[tokio::test]
+    async fn calls_in_a_callers_transaction_bind_the_tenant_in_their_savepoints() -> Result<()> {
+        let tenant = Uuid::now_v7();
+        let ctx = ctx(tenant);
+        let db = postgres()
+            .append_exec_results([bound(), bound()])
+            .append_query_results([none(), none()])
+            .into_connection();
+        transaction(&db, async |txn| {
+            UserRepository::new(txn)
+                .find_by_id(&ctx, Uuid::now_v7())
+                .await?;
+            GroupRepository::new(txn)
+                .find_by_id(&ctx, Uuid::now_v7())
+                .await?;
+            Ok(())
+        })
+        .await?;
+
+        let log = transactions(db);
+        assert_eq!(log.len(), 1, "one transaction: {log:?}");
+        let sql: Vec<&str> = log[0].iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(sql.len(), 10, "{sql:?}");
+        assert_eq!(sql[0], "BEGIN");
+        // Each call binds the tenant itself, first thing in its savepoint: it cannot rely on the
+        // caller having done so.
+        for (at, table) in [(1, "users"), (5, "groups")] {
+            assert_eq!(sql[at], "SAVEPOINT savepoint_1", "{sql:?}");
+            assert_eq!(log[0][at + 1], bind_tenant(tenant), "{sql:?}");
+            assert!(
+                sql[at + 2].starts_with(&format!("SELECT \"{table}\"")),
+                "{sql:?}"
+            );
+            assert_eq!(sql[at + 3], "RELEASE SAVEPOINT savepoint_1", "{sql:?}");
+        }
+        assert_eq!(sql[9], "COMMIT");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_tenant_transaction_binds_before_the_callers_statements() -> Result<()> {
+        let tenant = Uuid::now_v7();
+        let db = postgres()
+            .append_exec_results([bound()])
+            .append_query_results([none()])
+            .into_connection();
+        let sql = r#"SELECT count(*) AS n FROM "tasks""#;
+        let row = tenant_transaction(&db, &ctx(tenant), async |txn| {
+            let statement = Statement::from_string(txn.get_database_backend(), sql);
+            #[allow(clippy::disallowed_methods)] // A service's own query, as the docs show.
+            let row = txn.query_one_raw(statement).await?;
+            Ok(row)
+        })
+        .await?;
+        assert!(row.is_none());
+
+        let log = transactions(db);
+        assert_eq!(log.len(), 1, "{log:?}");
+        let call = assert_bound(&log[0], tenant);
+        assert!(call.committed);
+        assert_eq!(
+            call.statements,
+            [Statement::from_string(DbBackend::Postgres, sql)]
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn sqlite_has_no_setting_to_bind_and_no_role_to_check() -> Result<()> {
+        let tenant = Uuid::now_v7();
+        let db = MockDatabase::new(DbBackend::Sqlite)
+            .append_query_results([none(), none()])
+            .into_connection();
+        UserRepository::new(&db)
+            .find_by_id(&ctx(tenant), Uuid::now_v7())
+            .await?;
+        TenantRepository::new(&db).find_by_id(tenant).await?;
+
+        let log = transactions(db);
+        assert_eq!(log.len(), 2, "{log:?}");
+        for (transaction, table) in log.iter().zip(["users", "tenants"]) {
+            let sql: Vec<&str> = transaction.iter().map(|s| s.sql.as_str()).collect();
+            assert_eq!(sql.len(), 3, "{sql:?}");
+            assert_eq!(sql[0], "BEGIN");
+            assert!(
+                sql[1].starts_with(&format!("SELECT \"{table}\"")),
+                "{sql:?}"
+            );
+            assert_eq!(sql[2], "COMMIT");
+        }
+        Ok(())
+    }
+}
