@@ -56,3 +56,67 @@ impl<'a, C: ConnectionTrait + TransactionTrait> SystemRepository<'a, C> {
         Ok(deleted.rows_affected)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::DateTime;
+    use sea_orm::Value;
+
+    use super::*;
+    use crate::Error;
+    use crate::testing::{
+        affected, committed, one_each, param, postgres, system_calls, system_role,
+    };
+
+    #[tokio::test]
+    async fn purge_checks_the_role_then_deletes_once_before_the_cutoff() -> anyhow::Result<()> {
+        let tenant = Uuid::now_v7();
+        let before = DateTime::parse_from_rfc3339("2026-01-02T03:04:05.123456+02:00")?;
+        let db = postgres()
+            .append_query_results([system_role(true), system_role(true)])
+            .append_exec_results([affected(5), affected(2)])
+            .into_connection();
+        let system = SystemRepository::new(&db);
+        assert_eq!(system.purge_audit_events(None, before).await?, 5);
+        assert_eq!(system.purge_audit_events(Some(tenant), before).await?, 2);
+
+        let calls = system_calls(db);
+        assert_eq!(committed(&calls), [true, true]);
+        let log = one_each(&calls);
+        assert_eq!(
+            log[0].sql,
+            r#"DELETE FROM "audit_events" WHERE "audit_events"."created_at" < $1"#
+        );
+        assert_eq!(
+            log[1].sql,
+            r#"DELETE FROM "audit_events" WHERE "audit_events"."created_at" < $1 AND "audit_events"."tenant_id" = $2"#
+        );
+        for statement in &log {
+            // Compared in UTC, as stored: chrono's equality alone would ignore the offset.
+            match param(statement, 1) {
+                Value::ChronoDateTimeWithTimeZone(Some(cutoff)) => {
+                    assert_eq!(cutoff, &before);
+                    assert_eq!(cutoff.offset().local_minus_utc(), 0, "{cutoff}");
+                }
+                other => panic!("not the cutoff: {other:?}"),
+            }
+        }
+        assert_eq!(param(&log[1], 2), &Value::from(tenant));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn purge_on_a_role_confined_to_one_tenant_is_denied_and_deletes_nothing() {
+        let db = postgres()
+            .append_query_results([system_role(false)])
+            .into_connection();
+        let result = SystemRepository::new(&db)
+            .purge_audit_events(None, crate::now())
+            .await;
+        assert!(matches!(result, Err(Error::Denied { .. })), "{result:?}");
+
+        let calls = system_calls(db);
+        assert_eq!(committed(&calls), [false]);
+        assert!(calls[0].statements.is_empty(), "{calls:?}");
+    }
+}
