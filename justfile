@@ -47,9 +47,24 @@ check-entities:
 test *args:
     env -u DATABASE_URL cargo test --workspace {{args}}
 
-# Run the whole suite on PostgreSQL (DATABASE_URL), PostgreSQL-only tests included
+# Run the whole suite on PostgreSQL (DATABASE_URL), PostgreSQL-only tests included; the fault
+# tests restart the server with ORKESTRA_PG_RESTART (default: the docker-compose service)
 test-pg *args:
-    cargo test --workspace {{args}}
+    ORKESTRA_PG_RESTART="${ORKESTRA_PG_RESTART:-docker compose restart postgres}" cargo test --workspace {{args}}
+
+# Create a login role for a service: a member of orkestra_app, confined by row-level security to
+# the tenant each transaction names (run the migrations first; they create orkestra_app)
+app-role name password: (_login_role name password "orkestra_app")
+
+# Create a login role for system-level work (tenant administration, audit retention): a member of
+# orkestra_system, which row-level security does not confine
+system-role name password: (_login_role name password "orkestra_system")
+
+[private]
+_login_role name password group:
+    printf '%s\n' "CREATE ROLE :\"name\" LOGIN PASSWORD :'password' IN ROLE {{group}};" \
+        | psql "$DATABASE_URL" -v ON_ERROR_STOP=1 -q -v name="{{name}}" -v password="{{password}}"
+    echo "created login role {{name}} in {{group}}"
 
 # Check formatting and lints (warnings are errors), and that the tenant-scoping lint bites
 lint:
@@ -78,6 +93,10 @@ lint-scoping:
     done
     if [ "$missing" = 1 ]; then echo "$out" >&2; exit 1; fi
     echo "ok: clippy refuses every unscoped query of the probe"
+
+# Measure what row-level security costs: the same repository calls with and without it (PostgreSQL)
+bench-rls rounds="500":
+    cargo run --release -q -p orkestra-tests --bin rls-bench -- {{rounds}}
 
 # Everything CI runs (.ci/run): lint, both test runs, entity drift, migration CLI round trip
 ci:

@@ -133,7 +133,7 @@ pub enum Error {
     /// cannot be reached. Nothing was sent; the call can be retried.
     #[error("no database connection available within the pool's acquire timeout")]
     PoolTimeout,
-    /// Any other database failure (connection lost, pool timeout, ...).
+    /// Any other database failure (the connection lost mid-call, a server error, ...).
     #[error("database error: {0}")]
     Db(#[source] DbErr),
 }
