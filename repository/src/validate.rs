@@ -1,9 +1,10 @@
 //! Checks applied to every argument before anything is written, and the limits they enforce.
 //!
 //! Text is refused when it is empty or blank (where a value is required), longer than its limit (in
-//! characters), or holds a NUL byte (PostgreSQL cannot store one in `text`). JSON is refused when it
-//! nests deeper than [`JSON_DEPTH_MAX`], serialises to more than [`JSON_BYTES_MAX`] bytes, or holds
-//! a NUL character in a key or string (PostgreSQL's `jsonb` cannot store `\u0000`).
+//! characters), or holds a NUL byte (PostgreSQL cannot store one in `text`). JSON is refused when
+//! its arrays and objects nest deeper than [`JSON_DEPTH_MAX`], it serialises to more than
+//! [`JSON_BYTES_MAX`] bytes, or it holds a NUL character in a key or string (PostgreSQL's `jsonb`
+//! cannot store `\u0000`).
 
 use serde_json::Value;
 
@@ -27,7 +28,8 @@ pub const LABEL_MAX: usize = 100;
 pub const TRACE_MAX: usize = 128;
 /// Message contents.
 pub const CONTENT_MAX: usize = 100_000;
-/// How deeply a JSON document may nest.
+/// How deeply the arrays and objects of a JSON document may nest (the document itself is level 1;
+/// numbers, strings, booleans and nulls add no level).
 pub const JSON_DEPTH_MAX: usize = 32;
 /// How large a JSON document may be, serialised.
 pub const JSON_BYTES_MAX: usize = 256 * 1024;
@@ -139,8 +141,11 @@ pub(crate) fn json_object(field: &'static str, value: &Value) -> Result<()> {
     json(field, value)
 }
 
+/// Checks `value`, whose enclosing arrays and objects (itself included, if it is one) number
+/// `depth`: only arrays and objects count as levels, so 32 nested objects holding a number are 32
+/// levels deep, as are 32 nested empty ones.
 fn check_json(field: &'static str, value: &Value, depth: usize) -> Result<()> {
-    if depth > JSON_DEPTH_MAX {
+    if depth > JSON_DEPTH_MAX && (value.is_array() || value.is_object()) {
         return Err(Error::validation(
             field,
             format!("nests deeper than {JSON_DEPTH_MAX} levels"),
@@ -225,11 +230,19 @@ mod tests {
         assert!(json_object("form", &json!([1])).is_err());
         assert!(json_object("form", &json!({"a": "x\u{0}y"})).is_err());
         assert!(json_object("form", &json!({"a\u{0}": 1})).is_err());
+        // Arrays and objects count as levels, whatever they hold.
         let mut deep = json!(1);
-        for _ in 0..JSON_DEPTH_MAX {
-            deep = json!([deep]);
+        let mut empty = json!([]);
+        for _ in 1..JSON_DEPTH_MAX {
+            deep = json!({ "k": deep });
+            empty = json!([empty]);
         }
-        assert!(json("deep", &deep).is_err());
+        assert!(json("deep", &deep).is_ok(), "31 objects holding a number");
+        assert!(json("deep", &empty).is_ok(), "32 arrays");
+        deep = json!([deep]);
+        assert!(json("deep", &deep).is_ok(), "32 levels holding a number");
+        assert!(json("deep", &json!([deep])).is_err(), "33 levels");
+        assert!(json("deep", &json!([empty])).is_err(), "33 arrays");
         let big = json!({"a": "x".repeat(JSON_BYTES_MAX)});
         assert!(json("big", &big).is_err());
     }
