@@ -95,9 +95,11 @@ pub(crate) fn slug(field: &'static str, value: &str) -> Result<String> {
 }
 
 /// An email address, trimmed and lower-cased: one `@` with text on both sides, a dot in the domain,
-/// no whitespace or control characters.
+/// no whitespace or control characters, at most [`EMAIL_MAX`] characters once lower-cased (as
+/// stored: lower-casing lengthens some characters, `İ` to `i̇`).
 pub(crate) fn email(value: &str) -> Result<String> {
     let value = text("email", value, EMAIL_MAX)?.to_lowercase();
+    let value = bounded("email", &value, EMAIL_MAX)?;
     let shaped = match value.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()
@@ -222,6 +224,26 @@ mod tests {
         ] {
             assert!(email(bad).is_err(), "{bad}");
         }
+        // The limit holds for the address as stored, lower-cased.
+        let domain = "@example.com";
+        let longest = format!(
+            "\u{130}{}{domain}",
+            "a".repeat(EMAIL_MAX - 2 - domain.len())
+        );
+        assert_eq!(
+            email(&longest).map(|e| e.chars().count()).ok(),
+            Some(EMAIL_MAX)
+        );
+        let grows = format!(
+            "\u{130}{}{domain}",
+            "a".repeat(EMAIL_MAX - 1 - domain.len())
+        );
+        assert_eq!(grows.chars().count(), EMAIL_MAX);
+        assert!(
+            email(&grows).is_err(),
+            "{} characters once lower-cased",
+            EMAIL_MAX + 1
+        );
     }
 
     #[test]
