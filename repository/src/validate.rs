@@ -6,6 +6,7 @@
 //! [`JSON_BYTES_MAX`] bytes, or it holds a NUL character in a key or string (PostgreSQL's `jsonb`
 //! cannot store `\u0000`).
 
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -35,6 +36,28 @@ pub const JSON_DEPTH_MAX: usize = 32;
 pub const JSON_BYTES_MAX: usize = 256 * 1024;
 /// The largest page a list method returns.
 pub const PAGE_MAX: u64 = 500;
+/// The earliest instant a caller may pass (a deadline, a sweeper's `now`, a cursor, a time
+/// filter): 0001-01-01T00:00:00Z.
+///
+/// Instants must fall in years 1 to 9999: RFC 3339 writes those with four digits, so SQLite, which
+/// stores and compares times as text, orders them correctly, and PostgreSQL's `timestamptz` holds
+/// them all (it refuses chrono's earliest).
+pub const INSTANT_MIN: DateTime<Utc> = DateTime::from_naive_utc_and_offset(
+    NaiveDate::from_ymd_opt(1, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap(),
+    Utc,
+);
+/// The latest instant a caller may pass: 9999-12-31T23:59:59Z (a whole second, so that a range
+/// bound rounded up to the microsecond stays in year 9999). See [`INSTANT_MIN`].
+pub const INSTANT_MAX: DateTime<Utc> = DateTime::from_naive_utc_and_offset(
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .unwrap()
+        .and_hms_opt(23, 59, 59)
+        .unwrap(),
+    Utc,
+);
 
 /// A required text: trimmed, non-empty, at most `max` characters, no NUL byte.
 pub(crate) fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
@@ -169,6 +192,17 @@ fn check_json(field: &'static str, value: &Value, depth: usize) -> Result<()> {
     }
 }
 
+/// An instant from a caller: [`INSTANT_MIN`] to [`INSTANT_MAX`], whatever its offset.
+pub(crate) fn instant(field: &'static str, value: DateTime<FixedOffset>) -> Result<()> {
+    if value < INSTANT_MIN || value > INSTANT_MAX {
+        return Err(Error::validation(
+            field,
+            format!("must be between {INSTANT_MIN:?} and {INSTANT_MAX:?}"),
+        ));
+    }
+    Ok(())
+}
+
 /// A page size: 1 to [`PAGE_MAX`].
 pub(crate) fn limit(limit: u64) -> Result<u64> {
     if limit == 0 || limit > PAGE_MAX {
@@ -244,6 +278,32 @@ mod tests {
             "{} characters once lower-cased",
             EMAIL_MAX + 1
         );
+    }
+
+    #[test]
+    fn instants_stay_in_years_1_to_9999() {
+        let utc = |t: DateTime<Utc>| t.fixed_offset();
+        let micro = chrono::TimeDelta::microseconds(1);
+        for good in [INSTANT_MIN, INSTANT_MAX, Utc::now()] {
+            assert!(instant("at", utc(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            INSTANT_MIN - micro,
+            INSTANT_MAX + micro,
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+        ] {
+            assert!(instant("at", utc(bad)).is_err(), "{bad}");
+        }
+        // The offset does not matter, the instant does: year 1 at +14:00 is year 0 in UTC.
+        let east = FixedOffset::east_opt(14 * 3600).expect("an offset");
+        let local = NaiveDate::from_ymd_opt(1, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .and_then(|t| t.and_local_timezone(east).single())
+            .expect("an instant");
+        assert!(instant("at", local).is_err());
+        assert_eq!(INSTANT_MIN.to_rfc3339(), "0001-01-01T00:00:00+00:00");
+        assert_eq!(INSTANT_MAX.to_rfc3339(), "9999-12-31T23:59:59+00:00");
     }
 
     #[test]
