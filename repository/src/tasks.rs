@@ -683,7 +683,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     /// Cancels an open task; `reason` goes to the history row.
     ///
     /// # Errors
-    /// [`Error::Validation`] for an over-long or NUL-holding reason; [`Error::NotFound`];
+    /// [`Error::Validation`] for an empty, blank, over-long (over [`validate::DESCRIPTION_MAX`]
+    /// characters) or NUL-holding reason; [`Error::NotFound`];
     /// [`Error::InvalidTransition`] when the task is final; [`Error::Db`].
     pub async fn cancel(
         &self,
