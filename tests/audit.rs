@@ -121,10 +121,11 @@ fn assert_tenant_refused<T: std::fmt::Debug>(result: Result<T, Error>) {
     }
 }
 
-/// A JSON value nested `depth` levels deep (a scalar is one level).
+/// A JSON value nested `depth` levels deep: `depth` arrays around a number (arrays and objects are
+/// levels, scalars are not).
 fn nested(depth: usize) -> Value {
     let mut value = json!(1);
-    for _ in 1..depth {
+    for _ in 0..depth {
         value = json!([value]);
     }
     value

@@ -6,7 +6,8 @@
 //! it, and the sibling modules add what the generator cannot know:
 //! - [`links`]: named relations for a task's several user references (assignee, claimer,
 //!   completer), which the generator can only number;
-//! - [`status`]: behaviour of the status enums (which task states are open, which are final).
+//! - [`status`]: behaviour of the status enums (which task states are open, which are final) and
+//!   their parsing from the exact database labels ([`status::UnknownVariant`] refuses the rest).
 //!
 //! Every tenant-owned entity has the primary key `(id, tenant_id)` in column order, so
 //! `tasks::Entity::find_by_id((id, tenant_id))` always names the tenant.

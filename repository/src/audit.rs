@@ -247,7 +247,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
     ///
     /// # Errors
     /// - [`Error::Validation`]: a limit outside 1..=500; a filter text that could not have been
-    ///   stored (empty, over-long, NUL-holding); `from` after `to`;
+    ///   stored (empty, over-long, NUL-holding); `from` after `to`; `from`, `to` or the cursor
+    ///   (field `after`) outside years 1 to 9999 ([`validate::INSTANT_MIN`]);
     /// - [`Error::Db`].
     pub async fn query(
         &self,
@@ -255,6 +256,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
         query: &AuditQuery,
         page: &PageRequest<TimeCursor>,
     ) -> Result<Page<audit_events::Model, TimeCursor>> {
+        page.after.as_ref().map(TimeCursor::check).transpose()?;
         let mut select = filtered(ctx, query)?;
         if let Some(after) = &page.after {
             // A row-value comparison rather than its OR form: PostgreSQL turns it into a single
@@ -285,7 +287,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
     ///
     /// # Errors
     /// - [`Error::Validation`]: a filter text that could not have been stored (empty, over-long,
-    ///   NUL-holding); `from` after `to`;
+    ///   NUL-holding); `from` after `to`; `from` or `to` outside years 1 to 9999
+    ///   ([`validate::INSTANT_MIN`]);
     /// - [`Error::Db`].
     pub async fn count(&self, ctx: &RequestContext, query: &AuditQuery) -> Result<u64> {
         let select = filtered(ctx, query)?;
@@ -340,6 +343,11 @@ async fn insert(
 
 /// The tenant's events matching `query`, unordered.
 fn filtered(ctx: &RequestContext, query: &AuditQuery) -> Result<Select<audit_events::Entity>> {
+    query
+        .from
+        .map(|from| validate::instant("from", from))
+        .transpose()?;
+    query.to.map(|to| validate::instant("to", to)).transpose()?;
     let mut select = scope::find::<audit_events::Entity>(ctx);
     if let Some(event_type) = &query.event_type {
         let event_type = validate::text("event_type", event_type, validate::LABEL_MAX)?;

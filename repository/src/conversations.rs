@@ -294,13 +294,15 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
     /// error (use [`ConversationRepository::find_by_id`] to tell the two apart).
     ///
     /// # Errors
-    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    /// [`Error::Validation`] for a limit outside 1..=500 or a cursor (field `after`) holding a time
+    /// outside years 1 to 9999 ([`validate::INSTANT_MIN`]); [`Error::Db`].
     pub async fn list_messages(
         &self,
         ctx: &RequestContext,
         conversation_id: Uuid,
         page: &PageRequest<TimeCursor>,
     ) -> Result<Page<messages::Model, TimeCursor>> {
+        page.after.as_ref().map(TimeCursor::check).transpose()?;
         let mut query = scope::find::<messages::Entity>(ctx)
             .filter(messages::Column::ConversationId.eq(conversation_id));
         if let Some(after) = page.after {

@@ -94,3 +94,10 @@ pub struct TimeCursor {
     /// The row's id, which breaks ties.
     pub id: Uuid,
 }
+
+impl TimeCursor {
+    /// Refuses a cursor no stored row could have given (field `after`).
+    pub(crate) fn check(&self) -> Result<()> {
+        validate::instant("after", self.created_at)
+    }
+}

@@ -184,6 +184,14 @@ impl InboxCursor {
             id: task.id,
         }
     }
+
+    /// Refuses a cursor no stored task could have given (field `after`).
+    fn check(&self) -> Result<()> {
+        if let Some(deadline) = self.sla_deadline {
+            validate::instant("after", deadline)?;
+        }
+        validate::instant("after", self.created_at)
+    }
 }
 
 /// The position of a task in the overdue list: `(sla_deadline, id)`.
@@ -193,6 +201,13 @@ pub struct OverdueCursor {
     pub sla_deadline: DateTime<FixedOffset>,
     /// The task's id.
     pub id: Uuid,
+}
+
+impl OverdueCursor {
+    /// Refuses a cursor no stored task could have given (field `after`).
+    fn check(&self) -> Result<()> {
+        validate::instant("after", self.sla_deadline)
+    }
 }
 
 /// The statuses in which a task waits to be claimed: what an inbox shows.
@@ -223,7 +238,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     ///
     /// # Errors
     /// - [`Error::Validation`]: empty, over-long or NUL-holding text; a form schema, context or SLA
-    ///   config that is not a JSON object; an assignment naming nobody;
+    ///   config that is not a JSON object; an assignment naming nobody; an SLA deadline outside
+    ///   [`validate::INSTANT_MIN`]..=[`validate::INSTANT_MAX`] (years 1 to 9999);
     /// - [`Error::Reference`] ([`ASSIGNEE_FKEY`], [`GROUP_FKEY`], [`CONVERSATION_FKEY`],
     ///   [`TENANT_FKEY`]): the assignee, group or conversation is not the tenant's (or the tenant
     ///   does not exist);
@@ -246,6 +262,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         }
         if let Some(sla) = &task.sla {
             validate::json_object("sla.config", &sla.config)?;
+            validate::instant("sla.deadline", sla.deadline)?;
         }
         let assign_to = task.assign_to.unwrap_or(AssignTo {
             user_id: None,
@@ -315,13 +332,15 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     /// without one last), then oldest first. One statement, memberships in a subquery.
     ///
     /// # Errors
-    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    /// [`Error::Validation`] for a limit outside 1..=500 or a cursor (field `after`) holding a time
+    /// outside years 1 to 9999 ([`validate::INSTANT_MIN`]); [`Error::Db`].
     pub async fn find_pending_for_user(
         &self,
         ctx: &RequestContext,
         user_id: Uuid,
         page: &PageRequest<InboxCursor>,
     ) -> Result<Page<tasks::Model, InboxCursor>> {
+        page.after.as_ref().map(InboxCursor::check).transpose()?;
         let groups_of_user = scope::find::<group_members::Entity>(ctx)
             .select_only()
             .column(group_members::Column::GroupId)
@@ -387,13 +406,16 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     /// sweeper expires or escalates, page by page.
     ///
     /// # Errors
-    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    /// [`Error::Validation`] for a limit outside 1..=500, or a `now` or cursor (field `after`)
+    /// outside years 1 to 9999 ([`validate::INSTANT_MIN`]); [`Error::Db`].
     pub async fn overdue(
         &self,
         ctx: &RequestContext,
         now: DateTime<FixedOffset>,
         page: &PageRequest<OverdueCursor>,
     ) -> Result<Page<tasks::Model, OverdueCursor>> {
+        validate::instant("now", now)?;
+        page.after.as_ref().map(OverdueCursor::check).transpose()?;
         let mut query = scope::find::<tasks::Entity>(ctx)
             .filter(tasks::Column::Status.is_in(TaskStatus::OPEN))
             .filter(tasks::Column::SlaDeadline.lt(utc(now)));
@@ -660,7 +682,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     /// Cancels an open task; `reason` goes to the history row.
     ///
     /// # Errors
-    /// [`Error::Validation`] for an over-long or NUL-holding reason; [`Error::NotFound`];
+    /// [`Error::Validation`] for an empty, blank, over-long (over [`validate::DESCRIPTION_MAX`]
+    /// characters) or NUL-holding reason; [`Error::NotFound`];
     /// [`Error::InvalidTransition`] when the task is final; [`Error::Db`].
     pub async fn cancel(
         &self,

@@ -82,7 +82,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
     ///
     /// # Errors
     /// - [`Error::Validation`]: empty, over-long or NUL-holding email or name, malformed email,
-    ///   preferences that are not a JSON object;
+    ///   preferences that are not a JSON object; an email's length is counted once trimmed and
+    ///   lower-cased, as stored (at most [`validate::EMAIL_MAX`] characters);
     /// - [`Error::Conflict`] ([`EMAIL_KEY`]): the tenant already has a user with this email;
     /// - [`Error::Reference`]: the context's tenant does not exist;
     /// - [`Error::Db`].

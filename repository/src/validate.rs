@@ -1,10 +1,12 @@
 //! Checks applied to every argument before anything is written, and the limits they enforce.
 //!
 //! Text is refused when it is empty or blank (where a value is required), longer than its limit (in
-//! characters), or holds a NUL byte (PostgreSQL cannot store one in `text`). JSON is refused when it
-//! nests deeper than [`JSON_DEPTH_MAX`], serialises to more than [`JSON_BYTES_MAX`] bytes, or holds
-//! a NUL character in a key or string (PostgreSQL's `jsonb` cannot store `\u0000`).
+//! characters), or holds a NUL byte (PostgreSQL cannot store one in `text`). JSON is refused when
+//! its arrays and objects nest deeper than [`JSON_DEPTH_MAX`], it serialises to more than
+//! [`JSON_BYTES_MAX`] bytes, or it holds a NUL character in a key or string (PostgreSQL's `jsonb`
+//! cannot store `\u0000`).
 
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
@@ -27,12 +29,35 @@ pub const LABEL_MAX: usize = 100;
 pub const TRACE_MAX: usize = 128;
 /// Message contents.
 pub const CONTENT_MAX: usize = 100_000;
-/// How deeply a JSON document may nest.
+/// How deeply the arrays and objects of a JSON document may nest (the document itself is level 1;
+/// numbers, strings, booleans and nulls add no level).
 pub const JSON_DEPTH_MAX: usize = 32;
 /// How large a JSON document may be, serialised.
 pub const JSON_BYTES_MAX: usize = 256 * 1024;
 /// The largest page a list method returns.
 pub const PAGE_MAX: u64 = 500;
+/// The earliest instant a caller may pass (a deadline, a sweeper's `now`, a cursor, a time
+/// filter): 0001-01-01T00:00:00Z.
+///
+/// Instants must fall in years 1 to 9999: RFC 3339 writes those with four digits, so SQLite, which
+/// stores and compares times as text, orders them correctly, and PostgreSQL's `timestamptz` holds
+/// them all (it refuses chrono's earliest).
+pub const INSTANT_MIN: DateTime<Utc> = DateTime::from_naive_utc_and_offset(
+    NaiveDate::from_ymd_opt(1, 1, 1)
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap(),
+    Utc,
+);
+/// The latest instant a caller may pass: 9999-12-31T23:59:59Z (a whole second, so that a range
+/// bound rounded up to the microsecond stays in year 9999). See [`INSTANT_MIN`].
+pub const INSTANT_MAX: DateTime<Utc> = DateTime::from_naive_utc_and_offset(
+    NaiveDate::from_ymd_opt(9999, 12, 31)
+        .unwrap()
+        .and_hms_opt(23, 59, 59)
+        .unwrap(),
+    Utc,
+);
 
 /// A required text: trimmed, non-empty, at most `max` characters, no NUL byte.
 pub(crate) fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
@@ -93,9 +118,11 @@ pub(crate) fn slug(field: &'static str, value: &str) -> Result<String> {
 }
 
 /// An email address, trimmed and lower-cased: one `@` with text on both sides, a dot in the domain,
-/// no whitespace or control characters.
+/// no whitespace or control characters, at most [`EMAIL_MAX`] characters once lower-cased (as
+/// stored: lower-casing lengthens some characters, `İ` to `i̇`).
 pub(crate) fn email(value: &str) -> Result<String> {
     let value = text("email", value, EMAIL_MAX)?.to_lowercase();
+    let value = bounded("email", &value, EMAIL_MAX)?;
     let shaped = match value.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()
@@ -139,8 +166,11 @@ pub(crate) fn json_object(field: &'static str, value: &Value) -> Result<()> {
     json(field, value)
 }
 
+/// Checks `value`, whose enclosing arrays and objects (itself included, if it is one) number
+/// `depth`: only arrays and objects count as levels, so 32 nested objects holding a number are 32
+/// levels deep, as are 32 nested empty ones.
 fn check_json(field: &'static str, value: &Value, depth: usize) -> Result<()> {
-    if depth > JSON_DEPTH_MAX {
+    if depth > JSON_DEPTH_MAX && (value.is_array() || value.is_object()) {
         return Err(Error::validation(
             field,
             format!("nests deeper than {JSON_DEPTH_MAX} levels"),
@@ -160,6 +190,17 @@ fn check_json(field: &'static str, value: &Value, depth: usize) -> Result<()> {
         }),
         _ => Ok(()),
     }
+}
+
+/// An instant from a caller: [`INSTANT_MIN`] to [`INSTANT_MAX`], whatever its offset.
+pub(crate) fn instant(field: &'static str, value: DateTime<FixedOffset>) -> Result<()> {
+    if value < INSTANT_MIN || value > INSTANT_MAX {
+        return Err(Error::validation(
+            field,
+            format!("must be between {INSTANT_MIN:?} and {INSTANT_MAX:?}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A page size: 1 to [`PAGE_MAX`].
@@ -217,6 +258,52 @@ mod tests {
         ] {
             assert!(email(bad).is_err(), "{bad}");
         }
+        // The limit holds for the address as stored, lower-cased.
+        let domain = "@example.com";
+        let longest = format!(
+            "\u{130}{}{domain}",
+            "a".repeat(EMAIL_MAX - 2 - domain.len())
+        );
+        assert_eq!(
+            email(&longest).map(|e| e.chars().count()).ok(),
+            Some(EMAIL_MAX)
+        );
+        let grows = format!(
+            "\u{130}{}{domain}",
+            "a".repeat(EMAIL_MAX - 1 - domain.len())
+        );
+        assert_eq!(grows.chars().count(), EMAIL_MAX);
+        assert!(
+            email(&grows).is_err(),
+            "{} characters once lower-cased",
+            EMAIL_MAX + 1
+        );
+    }
+
+    #[test]
+    fn instants_stay_in_years_1_to_9999() {
+        let utc = |t: DateTime<Utc>| t.fixed_offset();
+        let micro = chrono::TimeDelta::microseconds(1);
+        for good in [INSTANT_MIN, INSTANT_MAX, Utc::now()] {
+            assert!(instant("at", utc(good)).is_ok(), "{good}");
+        }
+        for bad in [
+            INSTANT_MIN - micro,
+            INSTANT_MAX + micro,
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+        ] {
+            assert!(instant("at", utc(bad)).is_err(), "{bad}");
+        }
+        // The offset does not matter, the instant does: year 1 at +14:00 is year 0 in UTC.
+        let east = FixedOffset::east_opt(14 * 3600).expect("an offset");
+        let local = NaiveDate::from_ymd_opt(1, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .and_then(|t| t.and_local_timezone(east).single())
+            .expect("an instant");
+        assert!(instant("at", local).is_err());
+        assert_eq!(INSTANT_MIN.to_rfc3339(), "0001-01-01T00:00:00+00:00");
+        assert_eq!(INSTANT_MAX.to_rfc3339(), "9999-12-31T23:59:59+00:00");
     }
 
     #[test]
@@ -225,11 +312,19 @@ mod tests {
         assert!(json_object("form", &json!([1])).is_err());
         assert!(json_object("form", &json!({"a": "x\u{0}y"})).is_err());
         assert!(json_object("form", &json!({"a\u{0}": 1})).is_err());
+        // Arrays and objects count as levels, whatever they hold.
         let mut deep = json!(1);
-        for _ in 0..JSON_DEPTH_MAX {
-            deep = json!([deep]);
+        let mut empty = json!([]);
+        for _ in 1..JSON_DEPTH_MAX {
+            deep = json!({ "k": deep });
+            empty = json!([empty]);
         }
-        assert!(json("deep", &deep).is_err());
+        assert!(json("deep", &deep).is_ok(), "31 objects holding a number");
+        assert!(json("deep", &empty).is_ok(), "32 arrays");
+        deep = json!([deep]);
+        assert!(json("deep", &deep).is_ok(), "32 levels holding a number");
+        assert!(json("deep", &json!([deep])).is_err(), "33 levels");
+        assert!(json("deep", &json!([empty])).is_err(), "33 arrays");
         let big = json!({"a": "x".repeat(JSON_BYTES_MAX)});
         assert!(json("big", &big).is_err());
     }
