@@ -6,14 +6,17 @@
 //! generated sequence of steps on the application connection (on PostgreSQL a login role of
 //! `orkestra_app`, confined by row-level security like a service). A step is an acting tenant and an
 //! operation; operations pick their ids from what earlier steps created, usually the acting
-//! tenant's, sometimes another tenant's. Before each step an oracle predicts, from the owner's view
-//! of the acting tenant's rows, whether the operation succeeds or which typed error refuses it.
-//! After each step:
+//! tenant's, sometimes another tenant's. Each tenant opens with a user, a group holding the user, a
+//! conversation and a task; then come steps of every kind by any tenant. Before each step an oracle
+//! predicts, from the owner's view of the acting tenant's rows, whether the operation succeeds or
+//! which typed error refuses it. After each step:
 //!
-//! 1. for every tenant, reads under its context (users, groups, tasks by status, by workflow run,
-//!    overdue, each user's inbox and groups, each group's members and workloads, each task's
-//!    history, each conversation's messages and tasks, the audit log) return exactly its rows as
-//!    the owner sees them, and only rows of that tenant;
+//! 1. for every tenant, reads under its context (its users, groups, tasks in every status, each
+//!    user's inbox, each task's history, each conversation's messages, its audit log) return
+//!    exactly its rows as the owner sees them, and only rows of that tenant; on the fresh and the
+//!    final state of a case the reads also cover the tasks of each workflow run, the overdue tasks,
+//!    each user's groups, each group's members and workloads, each conversation's tasks and the
+//!    audit count (steps read these too, for the ids they name);
 //! 2. the other two tenants' rows are exactly as they were before the step;
 //! 3. the acting tenant's rows changed only as the operation should have changed them (nothing at
 //!    all when it was refused), and the operation's result or error is the one predicted.
@@ -21,6 +24,7 @@
 //! Cases: `ORKESTRA_PROPTEST_CASES` (default 16). Seed: `ORKESTRA_PROPTEST_SEED` (hex `0x...` or a
 //! decimal u64), else a random one; it is printed at the start and in any failure, and the same
 //! seed replays the same cases. Failure persistence is off: nothing is written to the repository.
+//! Shrinking stops after 64 iterations or two minutes.
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -60,7 +64,7 @@ const DEFAULT_CASES: u32 = 16;
 /// Each tenant's opening steps after its first user, group, membership, conversation and task;
 /// then steps of every kind.
 const OPENING_STEPS: std::ops::RangeInclusive<usize> = 0..=1;
-const STEPS: std::ops::RangeInclusive<usize> = 10..=20;
+const STEPS: std::ops::RangeInclusive<usize> = 10..=18;
 /// The largest page every list is read with; no case comes near it.
 const PAGE: u64 = 500;
 /// The workflow every task belongs to, and its runs.
@@ -255,7 +259,7 @@ struct Step {
 
 fn a_ref() -> impl Strategy<Value = Ref> {
     (
-        prop_oneof![6 => Just(Owner::Own), 1 => Just(Owner::Next), 1 => Just(Owner::Prev)],
+        prop_oneof![4 => Just(Owner::Own), 1 => Just(Owner::Next), 1 => Just(Owner::Prev)],
         0..8usize,
     )
         .prop_map(|(owner, index)| Ref { owner, index })
@@ -276,31 +280,31 @@ fn assignee() -> impl Strategy<Value = Assignee> {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        10 => (0..5u8).prop_map(|email| Op::CreateUser { email }),
+        5 => (0..5u8).prop_map(|email| Op::CreateUser { email }),
         2 => (a_ref(), 0..3u8).prop_map(|(user, name)| Op::UpdateUser { user, name }),
         3 => (a_ref(), any::<bool>()).prop_map(|(user, active)| Op::SetUserActive { user, active }),
         2 => a_ref().prop_map(|user| Op::FindUser { user }),
-        6 => (0..4u8).prop_map(|slug| Op::CreateGroup { slug }),
+        3 => (0..4u8).prop_map(|slug| Op::CreateGroup { slug }),
         2 => a_ref().prop_map(|group| Op::DeleteGroup { group }),
-        8 => (a_ref(), a_ref()).prop_map(|(group, user)| Op::AddMember { group, user }),
+        6 => (a_ref(), a_ref()).prop_map(|(group, user)| Op::AddMember { group, user }),
         3 => (a_ref(), a_ref()).prop_map(|(group, user)| Op::RemoveMember { group, user }),
         2 => a_ref().prop_map(|group| Op::ReadGroup { group }),
-        12 => (assignee(), proptest::option::weighted(0.3, a_ref()), 0..2u8,
+        8 => (assignee(), proptest::option::weighted(0.3, a_ref()), 0..2u8,
                proptest::option::weighted(0.3, any::<bool>()))
             .prop_map(|(to, conversation, run, overdue)| Op::CreateTask { to, conversation, run, overdue }),
-        4 => (a_ref(), assignee()).prop_map(|(task, to)| Op::Assign { task, to }),
-        8 => (a_ref(), who()).prop_map(|(task, user)| Op::Claim { task, user }),
-        3 => (a_ref(), who()).prop_map(|(task, user)| Op::Release { task, user }),
-        6 => (a_ref(), who()).prop_map(|(task, user)| Op::Complete { task, user }),
-        3 => (a_ref(), assignee()).prop_map(|(task, to)| Op::Escalate { task, to }),
-        2 => a_ref().prop_map(|task| Op::Expire { task }),
-        3 => a_ref().prop_map(|task| Op::Cancel { task }),
+        5 => (a_ref(), assignee()).prop_map(|(task, to)| Op::Assign { task, to }),
+        10 => (a_ref(), who()).prop_map(|(task, user)| Op::Claim { task, user }),
+        4 => (a_ref(), who()).prop_map(|(task, user)| Op::Release { task, user }),
+        8 => (a_ref(), who()).prop_map(|(task, user)| Op::Complete { task, user }),
+        4 => (a_ref(), assignee()).prop_map(|(task, to)| Op::Escalate { task, to }),
+        3 => a_ref().prop_map(|task| Op::Expire { task }),
+        4 => a_ref().prop_map(|task| Op::Cancel { task }),
         3 => a_ref().prop_map(|task| Op::ReadTask { task }),
         2 => a_ref().prop_map(|user| Op::Inbox { user }),
         4 => proptest::option::weighted(0.6, 0..3u8)
             .prop_map(|external| Op::CreateConversation { external }),
         4 => (0..3u8).prop_map(|external| Op::GetOrCreate { external }),
-        5 => a_ref().prop_map(|conversation| Op::AppendMessage { conversation }),
+        6 => a_ref().prop_map(|conversation| Op::AppendMessage { conversation }),
         2 => a_ref().prop_map(|conversation| Op::Close { conversation }),
         1 => a_ref().prop_map(|conversation| Op::Archive { conversation }),
         2 => a_ref().prop_map(|conversation| Op::ReadConversation { conversation }),
