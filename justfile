@@ -98,6 +98,19 @@ lint-scoping:
 bench-rls rounds="500":
     cargo run --release -q -p orkestra-tests --bin rls-bench -- {{rounds}}
 
+# Fill a database with the scale data set of issue 5 (migrating it first), with a progress bar:
+# `target` is a postgres:// URL or `scratch` (a new database on DATABASE_URL's server, whose URL is
+# printed; kept until the next `just sweep`). Defaults: 1,000 tenants, 1,000,000 tasks with
+# history, 100,000 users, 1,000,000 audit events.
+seed-scale target="scratch" tasks="1000000" tenants="1000" users="100000" audit="1000000":
+    cargo run --release -q -p orkestra-tests --bin seed-scale -- "{{target}}" --tasks {{tasks}} \
+        --tenants {{tenants}} --users {{users}} --audit {{audit}}
+
+# Time the inbox, overdue, task-history, message-page and audit-query operations on databases
+# filled by seed-scale (median and p99 per database), as the application role
+bench-scale +urls:
+    cargo run --release -q -p orkestra-tests --bin scale-bench -- {{urls}}
+
 # Everything CI runs (.ci/run): lint, both test runs, entity drift, migration CLI round trip
 ci:
     bash .ci/run

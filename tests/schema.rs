@@ -250,8 +250,8 @@ const INDEXES: &[(&str, &[&str], bool)] = &[
         false,
     ),
     (
-        "tasks_tenant_id_status_idx",
-        &["tenant_id", "status"],
+        "tasks_tenant_id_status_id_idx",
+        &["tenant_id", "status", "id"],
         false,
     ),
     (

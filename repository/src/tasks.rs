@@ -29,9 +29,9 @@ use orkestra_entity::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbErr, EntityTrait, Order, PaginatorTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait, UpdateMany,
-    sea_query::{Expr, ExprTrait, NullOrdering},
+    sea_query::{Expr, ExprTrait, NullOrdering, SelectStatement},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -221,6 +221,25 @@ const CLAIMABLE: [TaskStatus; 2] = [TaskStatus::Assigned, TaskStatus::Escalated]
 /// How many times a state change is tried when the task keeps changing under it.
 const ATTEMPTS: usize = 3;
 
+/// `tasks.assigned_group_id` is one of the groups `groups` selects.
+///
+/// On PostgreSQL, `= ANY(ARRAY(subquery))`: the subquery runs once, as an init-plan, and its array
+/// is an index condition, so the inbox reads `(tenant_id, assigned_user_id)` and
+/// `(tenant_id, assigned_group_id)` for only the user's and the groups' tasks (a bitmap OR of two
+/// index scans). With `IN (subquery)` under the `OR`, PostgreSQL can only filter with the
+/// subquery, and read every task of the tenant to do it. SQLite keeps `IN`.
+fn group_match(db: &impl ConnectionTrait, groups: SelectStatement) -> Expr {
+    let column = Expr::col((tasks::Entity, tasks::Column::AssignedGroupId));
+    if db.get_database_backend() == DbBackend::Postgres {
+        Expr::cust_with_exprs(
+            "$1 = ANY(ARRAY($2))",
+            [column, Expr::SubQuery(None, Box::new(groups.into()))],
+        )
+    } else {
+        column.in_subquery(groups)
+    }
+}
+
 /// The tasks of the context's tenant.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskRepository<'a, C> {
@@ -351,7 +370,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             .filter(
                 Condition::any()
                     .add(tasks::Column::AssignedUserId.eq(user_id))
-                    .add(tasks::Column::AssignedGroupId.in_subquery(groups_of_user)),
+                    .add(group_match(self.db, groups_of_user)),
             );
         if let Some(after) = &page.after {
             query = query.filter(after_inbox_cursor(after));
@@ -396,7 +415,14 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         status: TaskStatus,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<tasks::Model, Uuid>> {
-        let query = scope::find::<tasks::Entity>(ctx).filter(tasks::Column::Status.eq(status));
+        // Ordered by (status, id), which is id order since the status is fixed: the planner then
+        // reads the page from `(tenant_id, status, id)` in order. Ordered by id alone, it could not
+        // tell a rare status from a common one (row-level security hides the column's statistics
+        // from it, since enum equality is not leakproof) and walked the primary key filtering on
+        // status, reading the whole tenant for a status whose tasks are few and the newest.
+        let query = scope::find::<tasks::Entity>(ctx)
+            .filter(tasks::Column::Status.eq(status))
+            .order_by_asc(tasks::Column::Status);
         let query = page::by_id(query, tasks::Column::Id, page)?;
         let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |task| task.id))

@@ -276,7 +276,7 @@ async fn read_postgres(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
          FROM information_schema.role_table_grants g
          WHERE table_schema = 'public'
            AND grantee <> (SELECT pg_get_userbyid(c.relowner) FROM pg_class c
-                           WHERE c.oid = ('public.' || quote_ident(g.table_name))::regclass)",
+                           WHERE c.oid = to_regclass('public.' || quote_ident(g.table_name)))",
     )
     .await?
     {

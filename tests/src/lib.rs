@@ -16,6 +16,7 @@ pub mod catalog;
 pub mod fixtures;
 pub mod pg;
 pub mod repo;
+pub mod scale;
 
 use std::time::Duration;
 
