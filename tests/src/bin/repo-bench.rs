@@ -710,15 +710,33 @@ impl Pools {
         Ok(Pools { repo, hand })
     }
 
-    async fn run(&self, op: &str, side: Side, env: &mut Env) -> anyhow::Result<Duration> {
+    /// One call: its wall time, and the CPU time this thread (the runtime's only one) spent on it.
+    async fn run(
+        &self,
+        op: &str,
+        side: Side,
+        env: &mut Env,
+    ) -> anyhow::Result<(Duration, Duration)> {
+        let cpu = thread_cpu();
         let started = Instant::now();
         match side {
             Side::Repo => repo_op(op, env, &self.repo).await,
             Side::Hand => hand_op(op, env, &self.hand).await,
         }
         .with_context(|| format!("{op} ({})", label(side)))?;
-        Ok(started.elapsed())
+        let took = started.elapsed();
+        Ok((took, thread_cpu().saturating_sub(cpu)))
     }
+}
+
+/// The CPU time this thread has run for (Linux; zero elsewhere): the client's share of a call,
+/// apart from the time spent waiting for the server.
+fn thread_cpu() -> Duration {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|stat| stat.split_whitespace().next()?.parse().ok())
+        .map(Duration::from_nanos)
+        .unwrap_or_default()
 }
 
 fn label(side: Side) -> &'static str {
@@ -1006,11 +1024,13 @@ async fn main() -> anyhow::Result<()> {
         "repository vs hand-written sqlx, as the application role (row-level security on): \
          {TENANTS} tenants x {TASKS_PER_TENANT} tasks; {} iterations per side after {} warm-up, \
          alternating; times in microseconds; stmts / round trips per call on the wire \
-         (BEGIN, set_config, COMMIT and the pool's liveness check included)",
+         (BEGIN, set_config, COMMIT and the pool's liveness check on acquire included; sqlx also \
+         pings each connection as it returns to the pool, off the call's path); cpu: the median \
+         client CPU time of a call",
         options.iterations, options.warmup
     );
     println!(
-        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>7}   {:>11} {:>11}",
+        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>7}   {:>11} {:>11}   {:>8} {:>8}",
         "operation",
         "repo p50",
         "repo p99",
@@ -1018,7 +1038,9 @@ async fn main() -> anyhow::Result<()> {
         "hand p99",
         "ratio",
         "repo st/rt",
-        "hand st/rt"
+        "hand st/rt",
+        "repo cpu",
+        "hand cpu"
     );
     let mut shown = Vec::new();
     for op in operations {
@@ -1037,6 +1059,7 @@ async fn main() -> anyhow::Result<()> {
             pools.run(op, second, &mut env).await?;
         }
         let (mut repo, mut hand) = (Vec::new(), Vec::new());
+        let (mut repo_cpu, mut hand_cpu) = (Vec::new(), Vec::new());
         for round in 0..options.iterations {
             // Alternate which goes first, so neither always runs on a warmer cache.
             let order = if round % 2 == 0 {
@@ -1045,25 +1068,34 @@ async fn main() -> anyhow::Result<()> {
                 [Side::Hand, Side::Repo]
             };
             for side in order {
-                let took = pools.run(op, side, &mut env).await?;
+                let (took, cpu) = pools.run(op, side, &mut env).await?;
                 match side {
-                    Side::Repo => repo.push(took),
-                    Side::Hand => hand.push(took),
+                    Side::Repo => {
+                        repo.push(took);
+                        repo_cpu.push(cpu);
+                    }
+                    Side::Hand => {
+                        hand.push(took);
+                        hand_cpu.push(cpu);
+                    }
                 }
             }
         }
-        repo.sort();
-        hand.sort();
+        for times in [&mut repo, &mut hand, &mut repo_cpu, &mut hand_cpu] {
+            times.sort();
+        }
         let repo_counts = count(&counted, &wire, op, Side::Repo, &mut env).await?;
         let hand_counts = count(&counted, &wire, op, Side::Hand, &mut env).await?;
         let (r50, h50) = (quantile(&repo, 0.5), quantile(&hand, 0.5));
         println!(
-            "{op:<26} {r50:>9.0} {:>9.0} {h50:>9.0} {:>9.0} {:>7.3}   {:>11} {:>11}",
+            "{op:<26} {r50:>9.0} {:>9.0} {h50:>9.0} {:>9.0} {:>7.3}   {:>11} {:>11}   {:>8.0} {:>8.0}",
             quantile(&repo, 0.99),
             quantile(&hand, 0.99),
             r50 / h50,
             format!("{}/{}", repo_counts.statements, repo_counts.round_trips),
             format!("{}/{}", hand_counts.statements, hand_counts.round_trips),
+            quantile(&repo_cpu, 0.5),
+            quantile(&hand_cpu, 0.5),
         );
         shown.push((op, repo_counts.sql, hand_counts.sql));
     }
