@@ -111,6 +111,17 @@ seed-scale target="scratch" tasks="1000000" tenants="1000" users="100000" audit=
 bench-scale +urls:
     cargo run --release -q -p orkestra-tests --bin scale-bench -- {{urls}}
 
+# Each core operation through the repository and written by hand with sqlx, alternating on the same
+# data, as the application role: medians, p99s, ratios, statements and round trips (PostgreSQL)
+bench *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    case "$DATABASE_URL" in
+        postgres://*|postgresql://*) ;;
+        *) echo "error: just bench needs PostgreSQL: set DATABASE_URL=postgres://..." >&2; exit 1 ;;
+    esac
+    cargo run --release -q -p orkestra-tests --bin repo-bench -- {{args}}
+
 # Everything CI runs (.ci/run): lint, both test runs, entity drift, migration CLI round trip
 ci:
     bash .ci/run
