@@ -65,6 +65,35 @@ async fn up_builds_every_table_and_down_to_zero_leaves_nothing_behind() -> anyho
     Ok(())
 }
 
+/// `fresh` drops every table and type but leaves functions (and server-wide roles) behind, then
+/// runs every migration again: each one must cope with what it finds.
+#[tokio::test]
+async fn fresh_and_refresh_rebuild_the_same_schema() -> anyhow::Result<()> {
+    let db = TestDb::empty().await?;
+    let conn = db.conn();
+
+    Migrator::up(conn, None).await?;
+    let first = Catalog::read(conn).await?;
+
+    Migrator::fresh(conn).await?;
+    assert_eq!(
+        first,
+        Catalog::read(conn).await?,
+        "fresh changed the schema"
+    );
+    Migrator::refresh(conn).await?;
+    assert_eq!(
+        first,
+        Catalog::read(conn).await?,
+        "refresh changed the schema"
+    );
+    assert_eq!(
+        Migrator::get_applied_migrations(conn).await?.len(),
+        Migrator::migrations().len()
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn each_migration_down_restores_exactly_the_schema_before_it() -> anyhow::Result<()> {
     let db = TestDb::empty().await?;

@@ -44,9 +44,10 @@ const TENANT_TABLES: [(&str, &str); 8] = [
 ];
 
 /// The UUID in `app.tenant_id`, or NULL. The pattern admits exactly what a `uuid` cast of the
-/// canonical form accepts, so the cast cannot fail.
+/// canonical form accepts, so the cast cannot fail. `OR REPLACE` because `migrate fresh` drops
+/// tables and types but leaves functions behind, and must still be able to run this again.
 const CURRENT_TENANT: &str = r#"
-CREATE FUNCTION orkestra_current_tenant() RETURNS uuid
+CREATE OR REPLACE FUNCTION orkestra_current_tenant() RETURNS uuid
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE
         WHEN current_setting('app.tenant_id', true)

@@ -10,9 +10,10 @@ use sea_orm_migration::sea_orm::DbBackend;
 pub struct Migration;
 
 /// SQLSTATE 42501 (`insufficient_privilege`): the same refusal the application role gets from its
-/// missing `UPDATE` privilege, so both read alike.
+/// missing `UPDATE` privilege, so both read alike. `OR REPLACE` because `migrate fresh` leaves
+/// functions behind.
 const PG_FUNCTION: &str = r#"
-CREATE FUNCTION orkestra_refuse_audit_update() RETURNS trigger
+CREATE OR REPLACE FUNCTION orkestra_refuse_audit_update() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     RAISE EXCEPTION 'audit events are append-only' USING ERRCODE = 'insufficient_privilege';
