@@ -99,7 +99,7 @@ async fn each_migration_down_restores_exactly_the_schema_before_it() -> anyhow::
     let db = TestDb::empty().await?;
     let conn = db.conn();
     let count = Migrator::migrations().len();
-    assert_eq!(count, 10);
+    assert_eq!(count, 11);
     // Row-level security and its roles (migration 8) exist on PostgreSQL only.
     let postgres_only = [7];
     // The bookkeeping table appears with the first migration and outlives `down`: make it first.

@@ -3,11 +3,13 @@
 
 use std::collections::BTreeSet;
 
+use orkestra_entity::sea_orm_active_enums::TaskStatus;
+use orkestra_repository::tasks::PENDING;
 use orkestra_tests::{
     TestDb,
     catalog::{Catalog, ForeignKey},
 };
-use sea_orm::DbBackend;
+use sea_orm::{DbBackend, Iterable};
 
 const TZ: &str = "timestamp with time zone";
 const NOW: Option<&str> = Some("CURRENT_TIMESTAMP");
@@ -230,7 +232,17 @@ const INDEXES: &[(&str, &[&str], bool)] = &[
         false,
     ),
     (
+        "tasks_tenant_id_assigned_group_id_pending_idx",
+        &["tenant_id", "assigned_group_id"],
+        false,
+    ),
+    (
         "tasks_tenant_id_assigned_user_id_idx",
+        &["tenant_id", "assigned_user_id"],
+        false,
+    ),
+    (
+        "tasks_tenant_id_assigned_user_id_pending_idx",
         &["tenant_id", "assigned_user_id"],
         false,
     ),
@@ -252,6 +264,11 @@ const INDEXES: &[(&str, &[&str], bool)] = &[
     (
         "tasks_tenant_id_status_id_idx",
         &["tenant_id", "status", "id"],
+        false,
+    ),
+    (
+        "tasks_tenant_id_sla_deadline_id_open_idx",
+        &["tenant_id", "sla_deadline", "id"],
         false,
     ),
     (
@@ -492,6 +509,47 @@ async fn every_index_and_unique_constraint_of_the_seed_exists_and_no_other() -> 
         .map(|(name, columns, unique)| ((*name).to_owned(), strings(columns), *unique))
         .collect();
     assert_eq!(actual, expected, "indexes on {:?}", db.backend());
+    Ok(())
+}
+
+/// The partial indexes hold exactly the statuses the repository's lists ask for: the planner uses
+/// a partial index only when a query's `IN` list proves its predicate.
+#[tokio::test]
+async fn the_partial_indexes_hold_the_statuses_the_repository_lists() -> anyhow::Result<()> {
+    let (db, catalog) = catalog().await?;
+    let partial: Vec<(&str, &str)> = catalog
+        .tables
+        .values()
+        .flat_map(|table| &table.indexes)
+        .filter_map(|index| Some((index.name.as_str(), index.predicate.as_deref()?)))
+        .collect();
+    let expected = [
+        (
+            "tasks_tenant_id_assigned_group_id_pending_idx",
+            &PENDING[..],
+        ),
+        ("tasks_tenant_id_assigned_user_id_pending_idx", &PENDING[..]),
+        (
+            "tasks_tenant_id_sla_deadline_id_open_idx",
+            &TaskStatus::OPEN[..],
+        ),
+    ];
+    assert_eq!(
+        partial.iter().map(|(name, _)| *name).collect::<Vec<_>>(),
+        expected.map(|(name, _)| name),
+        "partial indexes on {:?}",
+        db.backend()
+    );
+    for ((name, predicate), (_, statuses)) in partial.iter().zip(expected) {
+        for status in TaskStatus::iter() {
+            let label = format!("'{}'", status.as_str());
+            assert_eq!(
+                predicate.contains(&label),
+                statuses.contains(&status),
+                "{name}: {predicate} and {label}"
+            );
+        }
+    }
     Ok(())
 }
 

@@ -26,6 +26,7 @@ mod m20261125_000007_audit_query_indexes;
 mod m20261125_000008_row_level_security;
 mod m20261125_000009_audit_append_only;
 mod m20261125_000010_task_status_id_index;
+mod m20261126_000011_open_task_indexes;
 
 pub use m20261125_000008_row_level_security::{APP_ROLE, SYSTEM_ROLE};
 
@@ -46,6 +47,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000008_row_level_security::Migration),
             Box::new(m20261125_000009_audit_append_only::Migration),
             Box::new(m20261125_000010_task_status_id_index::Migration),
+            Box::new(m20261126_000011_open_task_indexes::Migration),
         ]
     }
 }

@@ -29,6 +29,8 @@ pub struct Index {
     pub columns: Vec<String>,
     /// Whether it is unique.
     pub unique: bool,
+    /// A partial index's `WHERE` condition, as the database prints it.
+    pub predicate: Option<String>,
 }
 
 /// A foreign key.
@@ -185,7 +187,7 @@ async fn read_postgres(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
     for row in rows(
         db,
         "SELECT t.relname AS table_name, i.relname AS index_name, x.indisunique AS is_unique,
-                x.indisprimary AS is_primary,
+                x.indisprimary AS is_primary, pg_get_expr(x.indpred, x.indrelid) AS predicate,
                 (SELECT string_agg(a.attname, ',' ORDER BY k.ord)
                  FROM unnest(x.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
                  JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum) AS columns
@@ -205,6 +207,7 @@ async fn read_postgres(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
                 name: get(&row, "index_name")?,
                 columns,
                 unique: get(&row, "is_unique")?,
+                predicate: get(&row, "predicate")?,
             });
         }
     }
@@ -345,7 +348,9 @@ async fn read_sqlite(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
         for index in rows(
             db,
             &format!(
-                r#"SELECT name, "unique" AS is_unique, origin FROM pragma_index_list('{name}')"#
+                r#"SELECT l.name, l."unique" AS is_unique, l.origin, m.sql
+                   FROM pragma_index_list('{name}') AS l
+                   LEFT JOIN sqlite_master AS m ON m.type = 'index' AND m.name = l.name"#
             ),
         )
         .await?
@@ -363,10 +368,17 @@ async fn read_sqlite(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
             {
                 columns.push(get(&column, "name")?);
             }
+            // SQLite keeps only the statement that made the index; the condition is its tail.
+            let sql: Option<String> = get(&index, "sql")?;
+            let predicate = sql.and_then(|sql| {
+                sql.find(" WHERE ")
+                    .map(|at| sql[at + " WHERE ".len()..].trim().to_owned())
+            });
             table.indexes.push(Index {
                 name: index_name,
                 columns,
                 unique: get::<i32>(&index, "is_unique")? == 1,
+                predicate,
             });
         }
         let mut keys: BTreeMap<i32, ForeignKey> = BTreeMap::new();
