@@ -2149,6 +2149,13 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
     );
     ids_refused(
         &mut table,
+        "TaskRepository::claim_next (user)",
+        their_user,
+        &Expect::NotFound("user"),
+        with!(|env, id: Uuid| out(TaskRepository::new(&env.app).claim_next(&env.ctx, id).await)),
+    );
+    ids_refused(
+        &mut table,
         "TaskRepository::release (task)",
         their_task,
         &Expect::NotFound("task"),

@@ -1075,3 +1075,174 @@ async fn pg_racing_claimers_produce_exactly_one_winner_per_task() -> anyhow::Res
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn claim_next_takes_the_first_claimable_task_of_the_inbox() -> anyhow::Result<()> {
+    let db = TestDb::migrated().await?;
+    let t = tenant(db.conn(), "acme").await?;
+    let repo = TaskRepository::new(db.conn());
+    let soon = Utc::now().fixed_offset() + Duration::hours(1);
+    let later = soon + Duration::hours(1);
+
+    // Not for Ada: unassigned, another group's, claimed by someone else.
+    repo.create(&t.ctx, new_task("unassigned")).await?;
+    repo.create(
+        &t.ctx,
+        new_task("finance")
+            .assigned_to(AssignTo::group(t.other_group))
+            .with_sla(soon, json!({})),
+    )
+    .await?;
+    let taken = repo
+        .create(
+            &t.ctx,
+            new_task("taken")
+                .assigned_to(AssignTo::group(t.group))
+                .with_sla(soon, json!({})),
+        )
+        .await?;
+    repo.claim(&t.ctx, taken.id, t.grace).await?;
+    // Ada's, in inbox order: the sooner deadline, the later one, then none.
+    let undated = repo
+        .create(
+            &t.ctx,
+            new_task("undated").assigned_to(AssignTo::user(t.ada)),
+        )
+        .await?;
+    let second = repo
+        .create(
+            &t.ctx,
+            new_task("later")
+                .assigned_to(AssignTo::group(t.group))
+                .with_sla(later, json!({})),
+        )
+        .await?;
+    let first = repo
+        .create(
+            &t.ctx,
+            new_task("sooner")
+                .assigned_to(AssignTo::user(t.ada))
+                .with_sla(soon, json!({})),
+        )
+        .await?;
+
+    let ada = as_user(&t, t.ada);
+    let mut claimed = Vec::new();
+    while let Some(task) = repo.claim_next(&ada, t.ada).await? {
+        assert_eq!(task.status, TaskStatus::Claimed);
+        assert_eq!(task.claimed_by, Some(t.ada));
+        let history = repo.history(&t.ctx, task.id).await?;
+        let last = history.last().expect("history");
+        assert_eq!(last.action, "claimed");
+        assert_eq!(last.actor_id, t.ada.to_string());
+        assert_eq!(last.details, Some(json!({"user_id": t.ada})));
+        claimed.push(task.id);
+    }
+    assert_eq!(claimed, [first.id, second.id, undated.id]);
+
+    // Nothing left for Ada; Grace's queue holds nothing either (hers is claimed).
+    assert!(repo.claim_next(&ada, t.ada).await?.is_none());
+    assert!(repo.claim_next(&t.ctx, t.grace).await?.is_none());
+
+    // An unknown user and an inactive one are told so, and nothing is written.
+    let unclaimed = repo
+        .create(
+            &t.ctx,
+            new_task("waiting").assigned_to(AssignTo::group(t.group)),
+        )
+        .await?;
+    let before = counts(db.conn()).await?;
+    let nobody = Uuid::now_v7();
+    match repo.claim_next(&t.ctx, nobody).await {
+        Err(Error::NotFound { entity, id }) => {
+            assert_eq!((entity, id), ("user", nobody.to_string()));
+        }
+        other => panic!("expected NotFound(user), got {other:?}"),
+    }
+    UserRepository::new(db.conn())
+        .deactivate(&t.ctx, t.grace)
+        .await?;
+    match repo.claim_next(&t.ctx, t.grace).await {
+        Err(Error::InvalidState { entity, state, .. }) => {
+            assert_eq!((entity, state.as_str()), ("user", "INACTIVE"));
+        }
+        other => panic!("expected InvalidState(user), got {other:?}"),
+    }
+    assert_eq!(counts(db.conn()).await?, before);
+    let waiting = repo.find_by_id(&t.ctx, unclaimed.id).await?.expect("task");
+    assert_eq!(waiting.status, TaskStatus::Assigned);
+    Ok(())
+}
+
+/// Eight workers draining one shared queue with `claim_next` at once: every task claimed exactly
+/// once, nobody refused, and the queue empty at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn pg_concurrent_claim_next_hands_each_task_to_exactly_one_worker() -> anyhow::Result<()> {
+    let db = TestDb::postgres_only().await?;
+    let t = tenant(db.conn(), "acme").await?;
+    let users = UserRepository::new(db.conn());
+    let groups = GroupRepository::new(db.conn());
+    let mut workers = Vec::new();
+    for i in 0..8 {
+        let user = users
+            .create(
+                &t.ctx,
+                NewUser::new(format!("worker{i}@example.com"), format!("Worker {i}")),
+            )
+            .await?;
+        groups.add_member(&t.ctx, t.group, user.id).await?;
+        workers.push(user.id);
+    }
+    let repo = TaskRepository::new(db.conn());
+    let mut queued = std::collections::BTreeSet::new();
+    for i in 0..60 {
+        let task = repo
+            .create(
+                &t.ctx,
+                new_task(&format!("task {i}")).assigned_to(AssignTo::group(t.group)),
+            )
+            .await?;
+        queued.insert(task.id);
+    }
+
+    let mut handles = Vec::new();
+    for &user in &workers {
+        // As the application role: the policies and SKIP LOCKED together.
+        let conn = db.app_conn().clone();
+        let ctx = as_user(&t, user);
+        handles.push(tokio::spawn(async move {
+            let repo = TaskRepository::new(&conn);
+            let mut mine = Vec::new();
+            while let Some(task) = repo.claim_next(&ctx, user).await? {
+                assert_eq!(task.claimed_by, Some(user));
+                mine.push(task.id);
+            }
+            anyhow::Ok(mine)
+        }));
+    }
+    let mut claimed = std::collections::BTreeSet::new();
+    let mut workers_with_work = 0;
+    for handle in handles {
+        let mine = handle.await??;
+        workers_with_work += usize::from(!mine.is_empty());
+        for id in mine {
+            assert!(claimed.insert(id), "{id} claimed twice");
+        }
+    }
+    assert_eq!(claimed, queued);
+    assert!(workers_with_work > 1, "one worker took the whole queue");
+    for id in queued {
+        let claims = repo
+            .history(&t.ctx, id)
+            .await?
+            .into_iter()
+            .filter(|h| h.action == "claimed")
+            .count();
+        assert_eq!(claims, 1, "history of {id}");
+    }
+    Ok(())
+}

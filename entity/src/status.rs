@@ -62,6 +62,14 @@ impl TenantStatus {
 }
 
 impl UserStatus {
+    /// The label stored in the database (`"ACTIVE"`, `"INACTIVE"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UserStatus::Active => "ACTIVE",
+            UserStatus::Inactive => "INACTIVE",
+        }
+    }
+
     /// Whether the user may be assigned work and claim it.
     pub fn is_active(&self) -> bool {
         *self == UserStatus::Active

@@ -30,8 +30,8 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait, UpdateMany,
-    sea_query::{Expr, ExprTrait, NullOrdering, SelectStatement},
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, TransactionTrait, UpdateMany,
+    sea_query::{Expr, ExprTrait, LockBehavior, LockType, NullOrdering, SelectStatement},
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -240,6 +240,14 @@ fn group_match(db: &impl ConnectionTrait, groups: SelectStatement) -> Expr {
     }
 }
 
+/// The inbox's order: soonest deadline first (tasks without one last), then oldest first.
+fn inbox_order(query: Select<tasks::Entity>) -> Select<tasks::Entity> {
+    query
+        .order_by_with_nulls(tasks::Column::SlaDeadline, Order::Asc, NullOrdering::Last)
+        .order_by_asc(tasks::Column::CreatedAt)
+        .order_by_asc(tasks::Column::Id)
+}
+
 /// The tasks of the context's tenant.
 #[derive(Debug, Clone, Copy)]
 pub struct TaskRepository<'a, C> {
@@ -360,11 +368,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         page: &PageRequest<InboxCursor>,
     ) -> Result<Page<tasks::Model, InboxCursor>> {
         page.after.as_ref().map(InboxCursor::check).transpose()?;
-        let groups_of_user = scope::find::<group_members::Entity>(ctx)
-            .select_only()
-            .column(group_members::Column::GroupId)
-            .filter(group_members::Column::UserId.eq(user_id))
-            .into_query();
+        let groups_of_user = groups_of(ctx, user_id);
         let mut query = scope::find::<tasks::Entity>(ctx)
             .filter(status_in(&PENDING))
             .filter(
@@ -375,11 +379,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         if let Some(after) = &page.after {
             query = query.filter(after_inbox_cursor(after));
         }
-        let query = query
-            .order_by_with_nulls(tasks::Column::SlaDeadline, Order::Asc, NullOrdering::Last)
-            .order_by_asc(tasks::Column::CreatedAt)
-            .order_by_asc(tasks::Column::Id)
-            .limit(page.fetch()?);
+        let query = inbox_order(query).limit(page.fetch()?);
         let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, InboxCursor::of))
     }
@@ -556,6 +556,76 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             update
                 .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Claimed))
                 .col_expr(tasks::Column::ClaimedBy, Expr::value(user_id))
+        })
+        .await
+    }
+
+    /// Claims the first task of the user's inbox that nobody else is claiming at this moment: the
+    /// way workers sharing group queues take work without racing each other. The task is the
+    /// first claimable one (assigned or escalated, to the user or to one of the user's groups) in
+    /// inbox order; on PostgreSQL a task another transaction is claiming is skipped
+    /// (`FOR UPDATE SKIP LOCKED`), not waited for, so concurrent callers get different tasks and
+    /// none loses a race. One `UPDATE ... RETURNING` and the history row, in one transaction.
+    /// `None` when nothing is waiting for the user.
+    ///
+    /// # Errors
+    /// - [`Error::NotFound`]: no such user in the tenant (checked only when nothing was claimed);
+    /// - [`Error::InvalidState`]: the user is not active (likewise);
+    /// - [`Error::Db`].
+    pub async fn claim_next(
+        &self,
+        ctx: &RequestContext,
+        user_id: Uuid,
+    ) -> Result<Option<tasks::Model>> {
+        let groups_of_user = groups_of(ctx, user_id);
+        let mut next = inbox_order(
+            scope::find::<tasks::Entity>(ctx)
+                .select_only()
+                .column(tasks::Column::Id)
+                .filter(status_in(&CLAIMABLE))
+                .filter(
+                    Condition::any()
+                        .add(tasks::Column::AssignedUserId.eq(user_id))
+                        .add(group_match(self.db, groups_of_user)),
+                )
+                .filter(active_user(ctx, user_id)),
+        )
+        .limit(1)
+        .into_query();
+        // SQLite has no row locks (its writers are serialised); sea-query leaves the clause out.
+        next.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        let update = scope::update_many::<tasks::Entity>(ctx)
+            // `= (SELECT ...)`, evaluated once. Not `IN (SELECT ...)`: PostgreSQL may rescan that
+            // subquery for each row it updates, and each rescan skips the rows this statement has
+            // just claimed and yields the next, so one call would claim several tasks.
+            .filter(
+                Expr::col((tasks::Entity, tasks::Column::Id))
+                    .eq(Expr::SubQuery(None, Box::new(next.into()))),
+            )
+            .filter(status_in(&CLAIMABLE))
+            .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Claimed))
+            .col_expr(tasks::Column::ClaimedBy, Expr::value(user_id))
+            .col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
+        tenant_transaction(self.db, ctx, async |txn| {
+            if let Some(task) = update.exec_with_returning(txn).await?.pop() {
+                let details = json!({ "user_id": user_id });
+                record(txn, ctx, &task, TaskAction::Claim.history_label(), details).await?;
+                return Ok(Some(task));
+            }
+            let user = scope::find::<users::Entity>(ctx)
+                .filter(users::Column::Id.eq(user_id))
+                .one(txn)
+                .await?
+                .ok_or_else(|| Error::not_found("user", user_id))?;
+            if !user.status.is_active() {
+                return Err(Error::InvalidState {
+                    entity: "user",
+                    id: user_id.to_string(),
+                    state: user.status.as_str().to_owned(),
+                    action: "claim a task as",
+                });
+            }
+            Ok(None)
         })
         .await
     }
@@ -891,6 +961,15 @@ pub(crate) fn status_in(statuses: &[TaskStatus]) -> Expr {
     )
 }
 
+/// The ids of the groups `user_id` belongs to, as a subquery.
+fn groups_of(ctx: &RequestContext, user_id: Uuid) -> SelectStatement {
+    scope::find::<group_members::Entity>(ctx)
+        .select_only()
+        .column(group_members::Column::GroupId)
+        .filter(group_members::Column::UserId.eq(user_id))
+        .into_query()
+}
+
 /// `user_id` is an active user of the tenant.
 fn active_user(ctx: &RequestContext, user_id: Uuid) -> Condition {
     let active = scope::find::<users::Entity>(ctx)
@@ -904,11 +983,7 @@ fn active_user(ctx: &RequestContext, user_id: Uuid) -> Condition {
 
 /// `user_id` is active and is the task's assignee or a member of its group.
 fn may_claim(ctx: &RequestContext, user_id: Uuid) -> Condition {
-    let groups_of_user = scope::find::<group_members::Entity>(ctx)
-        .select_only()
-        .column(group_members::Column::GroupId)
-        .filter(group_members::Column::UserId.eq(user_id))
-        .into_query();
+    let groups_of_user = groups_of(ctx, user_id);
     active_user(ctx, user_id).add(
         Condition::any()
             .add(tasks::Column::AssignedUserId.eq(user_id))
