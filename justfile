@@ -49,15 +49,18 @@ test *args:
 
 # Run the whole suite on PostgreSQL (DATABASE_URL), PostgreSQL-only tests included; the fault
 # tests restart the server with ORKESTRA_PG_RESTART (default: the docker-compose service)
+[doc("Run the whole suite on PostgreSQL (DATABASE_URL), PostgreSQL-only and fault tests included")]
 test-pg *args:
     ORKESTRA_PG_RESTART="${ORKESTRA_PG_RESTART:-docker compose restart postgres}" cargo test --workspace {{args}}
 
 # Create a login role for a service: a member of orkestra_app, confined by row-level security to
 # the tenant each transaction names (run the migrations first; they create orkestra_app)
+[doc("Create a service login role in orkestra_app (confined to one tenant per transaction)")]
 app-role name password: (_login_role name password "orkestra_app")
 
 # Create a login role for system-level work (tenant administration, audit retention): a member of
 # orkestra_system, which row-level security does not confine
+[doc("Create a login role in orkestra_system (tenant administration, retention)")]
 system-role name password: (_login_role name password "orkestra_system")
 
 [private]
@@ -102,17 +105,43 @@ bench-rls rounds="500":
 # `target` is a postgres:// URL or `scratch` (a new database on DATABASE_URL's server, whose URL is
 # printed; kept until the next `just sweep`). Defaults: 1,000 tenants, 1,000,000 tasks with
 # history, 100,000 users, 1,000,000 audit events.
+[doc("Fill a database with the scale data set (1,000 tenants, 1M tasks by default)")]
 seed-scale target="scratch" tasks="1000000" tenants="1000" users="100000" audit="1000000":
     cargo run --release -q -p orkestra-tests --bin seed-scale -- "{{target}}" --tasks {{tasks}} \
         --tenants {{tenants}} --users {{users}} --audit {{audit}}
 
 # Time the inbox, overdue, task-history, message-page and audit-query operations on databases
-# filled by seed-scale (median and p99 per database), as the application role
+# filled by seed-scale (median and p99 per database), as the application role; draws the medians
+# against table size in docs/benchmarks/scale.svg
+[doc("Time the five read operations on seeded databases; draws docs/benchmarks/scale.svg")]
 bench-scale +urls:
-    cargo run --release -q -p orkestra-tests --bin scale-bench -- {{urls}}
+    cargo run --release -q -p orkestra-tests --bin scale-bench -- --svg docs/benchmarks/scale.svg {{urls}}
+
+# The scale curve of BENCHMARKS.md from nothing: seeds 10k, 100k and 1M tasks (1,000 tenants, users
+# and audit events in proportion; about 7 minutes), runs bench-scale on them, drops them
+[doc("Seed 10k, 100k and 1M tasks, run bench-scale on them, drop them (about 7 minutes)")]
+bench-curve:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    urls=()
+    cleanup() { for url in "${urls[@]}"; do cargo run -q -p orkestra-tests --bin scratch-db -- drop "$url"; done; }
+    trap cleanup EXIT
+    for tasks in 10000 100000 1000000; do
+        urls+=("$(cargo run --release -q -p orkestra-tests --bin seed-scale -- scratch \
+            --tasks $tasks --users $((tasks / 10)) --audit $tasks)")
+    done
+    cargo run --release -q -p orkestra-tests --bin scale-bench -- --svg docs/benchmarks/scale.svg "${urls[@]}"
+
+# Workers (1 to 32) claiming and completing tasks from shared group queues, through the repository
+# as the application role: throughput, p99, lost races, double claims (must be 0); draws
+# docs/benchmarks/claims.svg and claims-p99.svg (PostgreSQL)
+[doc("1 to 32 workers claiming from shared queues: throughput, p99, double claims")]
+bench-claims seconds="5":
+    cargo run --release -q -p orkestra-tests --bin claim-bench -- --seconds {{seconds}} --svg docs/benchmarks/claims.svg
 
 # Each core operation through the repository and written by hand with sqlx, alternating on the same
 # data, as the application role: medians, p99s, ratios, statements and round trips (PostgreSQL)
+[doc("Each core operation: repository vs hand-written sqlx, ratios and round trips (PostgreSQL)")]
 bench *args:
     #!/usr/bin/env bash
     set -euo pipefail

@@ -15,8 +15,10 @@
 pub mod catalog;
 pub mod fixtures;
 pub mod pg;
+pub mod plot;
 pub mod repo;
 pub mod scale;
+pub mod stats;
 
 use std::time::Duration;
 

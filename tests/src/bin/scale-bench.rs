@@ -2,14 +2,15 @@
 //! show that they stay flat as the data grows.
 //!
 //! ```text
-//! scale-bench [--rounds N] <postgres://...> [<postgres://...> ...]
+//! scale-bench [--rounds N] [--svg FILE] <postgres://...> [<postgres://...> ...]
 //! ```
 //! For each database (connecting as its owner): applies pending migrations and `ANALYZE`s, finds
 //! the tenant with the most tasks, then connects as a login role of `orkestra_app` (created when
 //! missing, as the test harness does) and runs each operation `N` times (default 300),
 //! round-robin, through the repository: the inbox page (50) of a user in several groups, the
 //! overdue page (50), a task's history, a message page (50) and an audit query page (50). Prints
-//! the median and p99 of each, in milliseconds, one table row per database and operation.
+//! the median and p99 of each, in milliseconds, one table row per database and operation. With
+//! `--svg`, also draws each operation's median against the database's task count.
 
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,9 @@ use orkestra_migration::{Migrator, MigratorTrait};
 use orkestra_repository::{
     AuditQuery, AuditRepository, ConversationRepository, PageRequest, TaskRepository,
 };
+use orkestra_tests::plot::{Chart, Series};
 use orkestra_tests::repo::ctx;
+use orkestra_tests::stats::quantile_ms;
 use orkestra_tests::{pg, scale};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
@@ -38,30 +41,34 @@ async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
         .with_context(|| format!("connecting to {}", pg::redact(url)))
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    #[allow(
-        clippy::cast_possible_truncation,
-        clippy::cast_sign_loss,
-        clippy::cast_precision_loss
-    )]
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index].as_secs_f64() * 1000.0
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let mut rounds = 300;
-    if args.first().map(String::as_str) == Some("--rounds") {
-        rounds = args.get(1).context("--rounds takes a count")?.parse()?;
+    let mut svg = None;
+    loop {
+        match args.first().map(String::as_str) {
+            Some("--rounds") => {
+                rounds = args.get(1).context("--rounds takes a count")?.parse()?;
+            }
+            Some("--svg") => svg = Some(args.get(1).context("--svg takes a file")?.clone()),
+            _ => break,
+        }
         args.drain(..2);
     }
     anyhow::ensure!(
         !args.is_empty(),
-        "usage: scale-bench [--rounds N] <postgres://...> ..."
+        "usage: scale-bench [--rounds N] [--svg FILE] <postgres://...> ..."
     );
+    let mut curves: Vec<Series> = OPERATIONS
+        .iter()
+        .map(|name| Series {
+            name: (*name).to_owned(),
+            points: Vec::new(),
+        })
+        .collect();
     println!(
-        "| tasks | largest tenant's tasks | operation | median ms | p99 ms |\n|---:|---:|---|---:|---:|"
+        "| tasks | largest tenant's tasks | operation | rows | median ms | p99 ms |\n|---:|---:|---|---:|---:|---:|"
     );
     for url in &args {
         pg::require_postgres(url)?;
@@ -94,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
         let audit = AuditRepository::new(&app);
         let now = chrono::Utc::now().into();
         let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); OPERATIONS.len()];
+        let mut returned = [0; OPERATIONS.len()];
         // A warm-up round, then the measured ones.
         for round in 0..=rounds {
             for (op, samples) in times.iter_mut().enumerate() {
@@ -123,6 +131,7 @@ async fn main() -> anyhow::Result<()> {
                 };
                 let elapsed = started.elapsed();
                 anyhow::ensure!(rows > 0, "{} returned nothing", OPERATIONS[op]);
+                returned[op] = rows;
                 if round > 0 {
                     samples.push(elapsed);
                 }
@@ -130,15 +139,30 @@ async fn main() -> anyhow::Result<()> {
         }
         app.close().await?;
         for (op, samples) in times.iter_mut().enumerate() {
-            samples.sort();
+            #[allow(clippy::cast_precision_loss)]
+            curves[op]
+                .points
+                .push((total as f64, quantile_ms(samples, 0.5)));
             println!(
-                "| {total} | {} | {} | {:.3} | {:.3} |",
+                "| {total} | {} | {} | {} | {:.3} | {:.3} |",
                 largest.tasks,
                 OPERATIONS[op],
-                quantile(samples, 0.5),
-                quantile(samples, 0.99)
+                returned[op],
+                quantile_ms(samples, 0.5),
+                quantile_ms(samples, 0.99)
             );
         }
+    }
+    if let Some(path) = svg {
+        let chart = Chart {
+            title: "Read operations against table size (median)".into(),
+            x_label: "tasks in the database".into(),
+            y_label: "ms per call".into(),
+            log_x: true,
+            series: curves,
+        };
+        std::fs::write(&path, chart.to_svg()).with_context(|| format!("writing {path}"))?;
+        eprintln!("wrote {path}");
     }
     Ok(())
 }
