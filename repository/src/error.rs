@@ -89,11 +89,12 @@ pub enum Error {
         /// What was attempted.
         action: TaskAction,
     },
-    /// A tenant or conversation is not in a state that allows the action (a deleted tenant cannot be
-    /// suspended; a closed conversation takes no messages).
+    /// A tenant, conversation or user is not in a state that allows the action (a deleted tenant
+    /// cannot be suspended; a closed conversation takes no messages; an inactive user cannot
+    /// claim the next task).
     #[error("cannot {action} {entity} {id}: it is {state}")]
     InvalidState {
-        /// The kind of row (`"tenant"`, `"conversation"`).
+        /// The kind of row (`"tenant"`, `"conversation"`, `"user"`).
         entity: &'static str,
         /// Its id.
         id: String,

@@ -563,14 +563,19 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     /// Claims the first task of the user's inbox that nobody else is claiming at this moment: the
     /// way workers sharing group queues take work without racing each other. The task is the
     /// first claimable one (assigned or escalated, to the user or to one of the user's groups) in
-    /// inbox order; on PostgreSQL a task another transaction is claiming is skipped
-    /// (`FOR UPDATE SKIP LOCKED`), not waited for, so concurrent callers get different tasks and
-    /// none loses a race. One `UPDATE ... RETURNING` and the history row, in one transaction.
-    /// `None` when nothing is waiting for the user.
+    /// inbox order; on PostgreSQL a task another transaction holds locked (claiming or otherwise
+    /// changing it) is skipped (`FOR NO KEY UPDATE SKIP LOCKED`), not waited for, so concurrent
+    /// callers get different tasks and none loses a race. One `UPDATE ... RETURNING` and the
+    /// history row, in one transaction. `None` when nothing is claimable for the user right now:
+    /// nothing waits, or everything that waits is locked by other transactions at this moment.
+    ///
+    /// Unlike [`claim`](Self::claim), which names a task and refuses an inactive user with
+    /// [`Error::Forbidden`] for that task, this names none, so an inactive user is a state of the
+    /// user.
     ///
     /// # Errors
     /// - [`Error::NotFound`]: no such user in the tenant (checked only when nothing was claimed);
-    /// - [`Error::InvalidState`]: the user is not active (likewise);
+    /// - [`Error::InvalidState`] (entity `"user"`): the user is not active (likewise);
     /// - [`Error::Db`].
     pub async fn claim_next(
         &self,
@@ -593,7 +598,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         .limit(1)
         .into_query();
         // SQLite has no row locks (its writers are serialised); sea-query leaves the clause out.
-        next.lock_with_behavior(LockType::Update, LockBehavior::SkipLocked);
+        // NO KEY UPDATE, the lock the UPDATE itself takes: FOR UPDATE would also collide with the
+        // KEY SHARE locks that inserting history rows takes on their task.
+        next.lock_with_behavior(LockType::NoKeyUpdate, LockBehavior::SkipLocked);
         let update = scope::update_many::<tasks::Entity>(ctx)
             // `= (SELECT ...)`, evaluated once. Not `IN (SELECT ...)`: PostgreSQL may rescan that
             // subquery for each row it updates, and each rescan skips the rows this statement has
