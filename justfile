@@ -124,11 +124,15 @@ bench-curve:
     #!/usr/bin/env bash
     set -euo pipefail
     urls=()
-    cleanup() { for url in "${urls[@]}"; do cargo run -q -p orkestra-tests --bin scratch-db -- drop "$url"; done; }
+    cleanup() { for url in "${urls[@]}"; do cargo run --release -q -p orkestra-tests --bin scratch-db -- drop "$url"; done; }
     trap cleanup EXIT
     for tasks in 10000 100000 1000000; do
-        urls+=("$(cargo run --release -q -p orkestra-tests --bin seed-scale -- scratch \
-            --tasks $tasks --users $((tasks / 10)) --audit $tasks)")
+        # Kept even when seeding fails after printing the URL, so that cleanup drops it.
+        status=0
+        url=$(cargo run --release -q -p orkestra-tests --bin seed-scale -- scratch \
+            --tasks $tasks --users $((tasks / 10)) --audit $tasks) || status=$?
+        if [ -n "$url" ]; then urls+=("$url"); fi
+        if [ "$status" != 0 ]; then exit "$status"; fi
     done
     cargo run --release -q -p orkestra-tests --bin scale-bench -- --svg docs/benchmarks/scale.svg "${urls[@]}"
 
