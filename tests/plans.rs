@@ -17,9 +17,7 @@ use orkestra_repository::{
 use orkestra_tests::repo::ctx;
 use orkestra_tests::scale::{self, Scale};
 use orkestra_tests::{TestDb, pg};
-use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
-};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, Statement};
 
 /// The scale of the test's database: big enough that the largest tenant's tasks are a sliver of
 /// the table and a scan of them a real cost, small enough to fill in seconds.
@@ -71,26 +69,8 @@ fn recorded(sent: &Mutex<Vec<Statement>>, verb: &str) -> Vec<Statement> {
 /// The text plan of `statement`, with its values, as the application role in `tenant`'s
 /// transaction.
 async fn explain(db: &TestDb, tenant: uuid::Uuid, statement: &Statement) -> anyhow::Result<String> {
-    let values = statement
-        .values
-        .clone()
-        .map(|values| values.0)
-        .unwrap_or_default();
-    let explain = Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        format!("EXPLAIN {}", statement.sql),
-        values,
-    );
     let plan = tenant_transaction(db.app_conn(), &ctx(tenant), async |txn| {
-        let rows = txn.query_all_raw(explain).await?;
-        Ok(rows
-            .iter()
-            .map(|row| {
-                row.try_get::<String>("", "QUERY PLAN")
-                    .expect("a plan line")
-            })
-            .collect::<Vec<_>>()
-            .join("\n"))
+        Ok(pg::explain(txn, statement).await?)
     })
     .await?;
     Ok(plan)

@@ -12,8 +12,8 @@ use orkestra_repository::{
     SystemRepository, TaskRepository, TenantRepository, UserRepository, tenant_transaction,
     transaction,
 };
-use orkestra_tests::TestDb;
 use orkestra_tests::repo::{Snapshot, ctx};
+use orkestra_tests::{TestDb, pg};
 use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, QueryResult, Statement};
 use serde_json::json;
 use uuid::Uuid;
@@ -199,10 +199,8 @@ async fn a_tenants_transaction_counts_only_its_tasks_and_no_tenant_counts_none()
     }
     // The setting ends with the transaction: the pooled connection forgets the tenant.
     let app_one = {
-        let mut options = sea_orm::ConnectOptions::new(orkestra_tests::pg::url_as(
-            db.url().expect("a url"),
-            orkestra_tests::pg::APP_LOGIN,
-        )?);
+        let mut options =
+            sea_orm::ConnectOptions::new(pg::url_as(db.url().expect("a url"), pg::APP_LOGIN)?);
         options.max_connections(1).sqlx_logging(false);
         sea_orm::Database::connect(options).await?
     };
@@ -550,15 +548,7 @@ async fn the_policies_leave_the_tenant_leading_indexes_usable() -> anyhow::Resul
         let plan = tenant_transaction(db.app_conn(), &ctx(a.tenant), async |txn| {
             txn.execute_raw(sql("SET LOCAL enable_seqscan = off"))
                 .await?;
-            let rows = txn.query_all_raw(sql(&format!("EXPLAIN {text}"))).await?;
-            Ok(rows
-                .iter()
-                .map(|row| {
-                    row.try_get::<String>("", "QUERY PLAN")
-                        .expect("a plan line")
-                })
-                .collect::<Vec<_>>()
-                .join("\n"))
+            Ok(pg::explain(txn, &sql(&text)).await?)
         })
         .await?;
         assert!(!plan.contains("Seq Scan"), "{text}:\n{plan}");

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::{Context as _, bail};
 use orkestra_migration::{APP_ROLE, Migrator, MigratorTrait, SYSTEM_ROLE};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
 use tokio::sync::OnceCell;
 
 use crate::options;
@@ -335,4 +335,23 @@ pub fn require_postgres(url: &str) -> anyhow::Result<()> {
         bail!("expected a postgres:// URL, got {}", redact(url));
     }
     Ok(())
+}
+
+/// The plan PostgreSQL prints for `EXPLAIN` of `statement` (its values bound), run on `db` (a
+/// tenant's transaction, for the policies to be part of it): the `QUERY PLAN` lines, joined.
+///
+/// # Errors
+/// What the server returns, or a plan row without its text.
+pub async fn explain(db: &impl ConnectionTrait, statement: &Statement) -> Result<String, DbErr> {
+    let explain = Statement {
+        sql: format!("EXPLAIN {}", statement.sql),
+        ..statement.clone()
+    };
+    let lines = db
+        .query_all_raw(explain)
+        .await?
+        .iter()
+        .map(|row| row.try_get::<String>("", "QUERY PLAN"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(lines.join("\n"))
 }
