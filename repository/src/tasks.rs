@@ -240,6 +240,17 @@ fn group_match(db: &impl ConnectionTrait, groups: SelectStatement) -> Expr {
     }
 }
 
+/// The task is assigned to `user_id` or to one of the user's groups: what an inbox holds.
+fn assigned_to_user_or_groups(
+    db: &impl ConnectionTrait,
+    ctx: &RequestContext,
+    user_id: Uuid,
+) -> Condition {
+    Condition::any()
+        .add(tasks::Column::AssignedUserId.eq(user_id))
+        .add(group_match(db, groups_of(ctx, user_id)))
+}
+
 /// The inbox's order: soonest deadline first (tasks without one last), then oldest first.
 fn inbox_order(query: Select<tasks::Entity>) -> Select<tasks::Entity> {
     query
@@ -368,14 +379,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         page: &PageRequest<InboxCursor>,
     ) -> Result<Page<tasks::Model, InboxCursor>> {
         page.after.as_ref().map(InboxCursor::check).transpose()?;
-        let groups_of_user = groups_of(ctx, user_id);
         let mut query = scope::find::<tasks::Entity>(ctx)
             .filter(status_in(&PENDING))
-            .filter(
-                Condition::any()
-                    .add(tasks::Column::AssignedUserId.eq(user_id))
-                    .add(group_match(self.db, groups_of_user)),
-            );
+            .filter(assigned_to_user_or_groups(self.db, ctx, user_id));
         if let Some(after) = &page.after {
             query = query.filter(after_inbox_cursor(after));
         }
@@ -582,17 +588,12 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         ctx: &RequestContext,
         user_id: Uuid,
     ) -> Result<Option<tasks::Model>> {
-        let groups_of_user = groups_of(ctx, user_id);
         let mut next = inbox_order(
             scope::find::<tasks::Entity>(ctx)
                 .select_only()
                 .column(tasks::Column::Id)
                 .filter(status_in(&CLAIMABLE))
-                .filter(
-                    Condition::any()
-                        .add(tasks::Column::AssignedUserId.eq(user_id))
-                        .add(group_match(self.db, groups_of_user)),
-                )
+                .filter(assigned_to_user_or_groups(self.db, ctx, user_id))
                 .filter(active_user(ctx, user_id)),
         )
         .limit(1)
