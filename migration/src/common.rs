@@ -65,6 +65,45 @@ pub(crate) const CONVERSATION_STATUS: DbEnum = DbEnum {
     labels: &["ACTIVE", "CLOSED", "ARCHIVED"],
 };
 
+/// Every enum of the schema.
+pub(crate) const ENUMS: [&DbEnum; 6] = [
+    &TENANT_STATUS,
+    &USER_ROLE,
+    &USER_STATUS,
+    &ASSIGNMENT_STRATEGY,
+    &TASK_STATUS,
+    &CONVERSATION_STATUS,
+];
+
+/// The tenant-owned tables, each after the tables it references (`tenants` aside), so that
+/// creating, distributing or securing them in this order never meets a missing parent.
+pub(crate) const TENANT_TABLES: [&str; 8] = [
+    "users",
+    "groups",
+    "group_members",
+    "conversations",
+    "messages",
+    "tasks",
+    "task_history",
+    "audit_events",
+];
+
+/// Runs `statements` in order on PostgreSQL; on SQLite, which has none of what they create
+/// (functions, casts, policies, roles, distribution), does nothing.
+pub(crate) async fn execute_on_postgres(
+    manager: &SchemaManager<'_>,
+    statements: Vec<String>,
+) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let db = manager.get_connection();
+    for sql in statements {
+        db.execute_unprepared(&sql).await?;
+    }
+    Ok(())
+}
+
 impl DbEnum {
     /// Creates the type on PostgreSQL; SQLite has no enum types, so there is nothing to create.
     pub(crate) async fn create(&self, manager: &SchemaManager<'_>) -> Result<(), DbErr> {

@@ -1,7 +1,8 @@
 //! Rust-coded migrations for the Orkestra schema.
 //!
 //! [`Migrator`] builds the whole schema of the seed ("Task 05: Database Schema & Repository
-//! Layer") on PostgreSQL, and the same schema on SQLite (enums as checked text). Run it from a
+//! Layer") on PostgreSQL, and the same schema on SQLite (enums as checked text). On a Citus
+//! coordinator it also distributes the tenant-owned tables on `tenant_id` (migration 14). Run it from a
 //! terminal with `sea-orm-cli migrate up` (or `cargo run -p orkestra-migration -- up`), or from code:
 //!
 //! ```no_run
@@ -27,6 +28,9 @@ mod m20261125_000008_row_level_security;
 mod m20261125_000009_audit_append_only;
 mod m20261125_000010_task_status_id_index;
 mod m20261126_000011_open_task_indexes;
+mod m20261201_000012_enum_text_casts;
+mod m20261201_000013_policies_for_citus;
+mod m20261201_000014_distribute_on_citus;
 
 pub use m20261125_000008_row_level_security::{APP_ROLE, SYSTEM_ROLE};
 
@@ -48,6 +52,9 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000009_audit_append_only::Migration),
             Box::new(m20261125_000010_task_status_id_index::Migration),
             Box::new(m20261126_000011_open_task_indexes::Migration),
+            Box::new(m20261201_000012_enum_text_casts::Migration),
+            Box::new(m20261201_000013_policies_for_citus::Migration),
+            Box::new(m20261201_000014_distribute_on_citus::Migration),
         ]
     }
 }

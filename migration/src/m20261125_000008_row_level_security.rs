@@ -20,8 +20,8 @@
 //!   and reads history, messages and audit events but never changes or deletes them, and deletes
 //!   only groups and memberships.
 
+use crate::common::execute_on_postgres;
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -46,7 +46,7 @@ const TENANT_TABLES: [(&str, &str); 8] = [
 /// The UUID in `app.tenant_id`, or NULL. The pattern admits exactly what a `uuid` cast of the
 /// canonical form accepts, so the cast cannot fail. `OR REPLACE` because `migrate fresh` drops
 /// tables and types but leaves functions behind, and must still be able to run this again.
-const CURRENT_TENANT: &str = r#"
+pub(crate) const CURRENT_TENANT: &str = r#"
 CREATE OR REPLACE FUNCTION orkestra_current_tenant() RETURNS uuid
 LANGUAGE sql STABLE PARALLEL SAFE AS $$
     SELECT CASE
@@ -141,24 +141,13 @@ fn down_statements() -> Vec<String> {
     sql
 }
 
-async fn run(manager: &SchemaManager<'_>, statements: Vec<String>) -> Result<(), DbErr> {
-    if manager.get_database_backend() != DbBackend::Postgres {
-        return Ok(());
-    }
-    let db = manager.get_connection();
-    for sql in statements {
-        db.execute_unprepared(&sql).await?;
-    }
-    Ok(())
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run(manager, up_statements()).await
+        execute_on_postgres(manager, up_statements()).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        run(manager, down_statements()).await
+        execute_on_postgres(manager, down_statements()).await
     }
 }

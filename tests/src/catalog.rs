@@ -69,6 +69,9 @@ pub struct Table {
     /// The privileges granted on it to roles other than its owner, each as `role:PRIVILEGE`.
     /// PostgreSQL only.
     pub grants: Vec<String>,
+    /// How Citus distributes it (`reference` or `hash(<column>)`, and the first table, by name, of
+    /// its co-location group); `None` for a local table and everywhere but on Citus.
+    pub distribution: Option<String>,
 }
 
 impl Table {
@@ -94,6 +97,11 @@ pub struct Catalog {
     pub enums: BTreeMap<String, Vec<String>>,
     /// Functions in the schema (PostgreSQL only).
     pub functions: Vec<String>,
+    /// Their definitions, in the same order, so that a migration replacing a function's body
+    /// shows (PostgreSQL only).
+    pub function_definitions: Vec<String>,
+    /// Casts from the schema's types, each as `source -> target via function` (PostgreSQL only).
+    pub casts: Vec<String>,
 }
 
 impl Catalog {
@@ -279,7 +287,9 @@ async fn read_postgres(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
          FROM information_schema.role_table_grants g
          WHERE table_schema = 'public'
            AND grantee <> (SELECT pg_get_userbyid(c.relowner) FROM pg_class c
-                           WHERE c.oid = to_regclass('public.' || quote_ident(g.table_name)))",
+                           WHERE c.oid = to_regclass('public.' || quote_ident(g.table_name))
+                             -- Tables only: Citus adds views (citus_tables) to the schema.
+                             AND c.relkind IN ('r', 'p'))",
     )
     .await?
     {
@@ -301,13 +311,63 @@ async fn read_postgres(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
     }
     for row in rows(
         db,
-        "SELECT proname FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY proname",
+        "SELECT proname, pg_get_functiondef(oid) AS definition
+         FROM pg_proc WHERE pronamespace = 'public'::regnamespace ORDER BY proname",
     )
     .await?
     {
         catalog.functions.push(get(&row, "proname")?);
+        catalog.function_definitions.push(get(&row, "definition")?);
     }
+    for row in rows(
+        db,
+        "SELECT format('%s -> %s via %s', c.castsource::regtype, c.casttarget::regtype,
+                       c.castfunc::regproc) AS cast
+         FROM pg_cast c JOIN pg_type t ON t.oid = c.castsource
+         WHERE t.typnamespace = 'public'::regnamespace ORDER BY 1",
+    )
+    .await?
+    {
+        catalog.casts.push(get(&row, "cast")?);
+    }
+    read_distribution(db, &mut catalog).await?;
     Ok(catalog)
+}
+
+/// Reads how Citus distributes each table, when the database has Citus's metadata.
+async fn read_distribution(db: &impl ConnectionTrait, catalog: &mut Catalog) -> anyhow::Result<()> {
+    let citus = rows(
+        db,
+        "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL AS citus",
+    )
+    .await?;
+    if !citus
+        .first()
+        .map(|row| get::<bool>(row, "citus"))
+        .transpose()?
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    // Co-location groups are numbered anew each time tables are distributed: the group is named
+    // by its first table instead, so that a schema distributed again compares equal.
+    for row in rows(
+        db,
+        "SELECT p.logicalrelid::regclass::text AS table_name,
+                CASE p.partmethod WHEN 'n' THEN 'reference'
+                     ELSE 'hash(' || column_to_column_name(p.logicalrelid, p.partkey) || ')'
+                END || ' with ' || (SELECT min(o.logicalrelid::regclass::text)
+                                    FROM pg_dist_partition o
+                                    WHERE o.colocationid = p.colocationid) AS distribution
+         FROM pg_dist_partition p",
+    )
+    .await?
+    {
+        if let Some(table) = catalog.tables.get_mut(&get::<String>(&row, "table_name")?) {
+            table.distribution = Some(get(&row, "distribution")?);
+        }
+    }
+    Ok(())
 }
 
 async fn read_sqlite(db: &impl ConnectionTrait) -> anyhow::Result<Catalog> {
