@@ -100,22 +100,22 @@ pub(crate) fn transactions(db: DatabaseConnection) -> Vec<Vec<Statement>> {
         .collect()
 }
 
-/// What `tenant_transaction` sends first on PostgreSQL. Spelled out rather than shared with
-/// `tx.rs`, so that a change to the statement the row-level security policies read shows here.
-const BIND_TENANT: &str = "SELECT set_config('app.tenant_id', $1, true)";
-
-/// What `system_transaction` sends first on PostgreSQL (see [`BIND_TENANT`]).
+/// What `system_transaction` sends first on PostgreSQL. Spelled out rather than shared with
+/// `tx.rs`, so that a change to the statement shows here (as [`bind_tenant`]'s does).
 const CHECK_SYSTEM_ROLE: &str = "SELECT r.rolsuper OR r.rolbypassrls \
     OR pg_has_role(current_user, 'orkestra_system', 'USAGE') AS system, \
     current_user::text AS role FROM pg_roles r WHERE r.rolname = current_user";
 
-/// The statement that binds a transaction to `tenant`. The tenant goes as text: `set_config`
-/// takes no uuid, and the policies cast it back.
+/// What `tenant_transaction` sends first on PostgreSQL, to bind the transaction to `tenant`: an
+/// unprepared `SET LOCAL` whose literal is the tenant's hyphenated, lower-case form. Spelled out
+/// rather than shared with `tx.rs`, so that a change to the statement the row-level security
+/// policies read shows here.
 pub(crate) fn bind_tenant(tenant: Uuid) -> Statement {
-    Statement::from_sql_and_values(
+    let tenant = tenant.to_string();
+    assert_eq!(tenant.len(), 36, "a hyphenated uuid");
+    Statement::from_string(
         DbBackend::Postgres,
-        BIND_TENANT,
-        [tenant.to_string().into()],
+        format!("SET LOCAL app.tenant_id = '{tenant}'"),
     )
 }
 
@@ -179,7 +179,7 @@ fn call(transaction: &[Statement], first: &Statement) -> Call {
 }
 
 /// Asserts that `transaction` (one of [`transactions`]) binds `tenant` before anything else: it
-/// opens, sends exactly the `set_config` statement with `$1` the tenant, and ends. Returns what
+/// opens, sends exactly the `SET LOCAL` statement naming the tenant, and ends. Returns what
 /// it sent in between, for the checks of the statements proper ([`assert_scoped`] and the like).
 #[track_caller]
 pub(crate) fn assert_bound(transaction: &[Statement], tenant: Uuid) -> Call {

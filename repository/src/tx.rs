@@ -91,16 +91,26 @@ where
     .await
 }
 
-/// Sets `app.tenant_id` for the rest of the transaction (PostgreSQL only).
+/// The statement that binds a transaction to `tenant`: `SET LOCAL app.tenant_id = '<uuid>'`.
+///
+/// `SET LOCAL` rather than `set_config(..., true)`, which does the same on one server: Citus
+/// forwards `SET LOCAL` to the workers whose shards the transaction touches (with
+/// `citus.propagate_set_commands = 'local'` on the coordinator), where the row-level security
+/// policies run, and forwards no function call. `SET` takes no parameters, so the tenant is a
+/// literal; it is formatted from a [`Uuid`] (hex digits and hyphens only), never from caller text,
+/// so nothing can break out of the quotes.
+pub fn bind_tenant_sql(tenant: Uuid) -> String {
+    format!("SET LOCAL app.tenant_id = '{}'", tenant.hyphenated())
+}
+
+/// Sets `app.tenant_id` for the rest of the transaction (PostgreSQL only), as a statement of its
+/// own, sent unprepared: a prepared statement per tenant would only fill the statement cache.
+/// Inside a savepoint the setting ends with it when it is rolled back, and stays with the
+/// transaction when it is released, as `SET LOCAL` does.
 #[allow(clippy::disallowed_methods)] // A setting, not a query: it reaches no table.
 async fn bind_tenant(txn: &impl ConnectionTrait, tenant: Uuid) -> Result<()> {
     if txn.get_database_backend() == DbBackend::Postgres {
-        txn.execute_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            "SELECT set_config('app.tenant_id', $1, true)",
-            [tenant.to_string().into()],
-        ))
-        .await?;
+        txn.execute_unprepared(&bind_tenant_sql(tenant)).await?;
     }
     Ok(())
 }

@@ -2,12 +2,12 @@
 //! and written by hand with sqlx (the sqlx sea-orm itself uses, `sea_orm::sqlx`), in the same run,
 //! on the same data, alternating which goes first. Both connect as the application role, so
 //! row-level security applies to both, and the hand-written version keeps the repository's
-//! guarantees: one transaction, `set_config('app.tenant_id', ...)` first, every statement naming
+//! guarantees: one transaction, `SET LOCAL app.tenant_id = ...` first, every statement naming
 //! its tenant, a guarded `UPDATE ... RETURNING` and its history row in the same transaction.
 //!
 //! It then counts what each operation sends on the wire, through a counting proxy between the
 //! pools and the server: statements (simple queries and extended-protocol executes, BEGIN, COMMIT,
-//! SAVEPOINT and the `set_config` included) and round trips (each simple query or `Sync`, the pool's
+//! SAVEPOINT and the `SET LOCAL` included) and round trips (each simple query or `Sync`, the pool's
 //! liveness check included).
 //!
 //! `DATABASE_URL=postgres://... cargo run --release -p orkestra-tests --bin repo-bench -- [options]`
@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use chrono::{DateTime, FixedOffset, Utc};
 use orkestra_entity::{audit_events, messages, sea_orm_active_enums::TaskStatus, tasks};
+use orkestra_repository::tx::bind_tenant_sql;
 use orkestra_repository::{
     Actor, AssignTo, AuditQuery, AuditRepository, ConversationRepository, DbConfig,
     GroupRepository, NewAuditEvent, NewConversation, NewGroup, NewMessage, NewTask, NewTenant,
@@ -302,11 +303,11 @@ async fn repo_op(op: &str, env: &mut Env, db: &DatabaseConnection) -> anyhow::Re
     Ok(())
 }
 
-/// A transaction confined to `tenant`, as the repository opens one: BEGIN, then the setting.
+/// A transaction confined to `tenant`, as the repository opens one: BEGIN, then the setting, an
+/// unprepared `SET LOCAL` (the repository's own statement).
 async fn begin(pool: &PgPool, tenant: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
     let mut txn = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(tenant.to_string())
+    sqlx::raw_sql(sqlx::AssertSqlSafe(bind_tenant_sql(tenant)))
         .execute(&mut *txn)
         .await?;
     Ok(txn)
@@ -1024,7 +1025,7 @@ async fn main() -> anyhow::Result<()> {
         "repository vs hand-written sqlx, as the application role (row-level security on): \
          {TENANTS} tenants x {TASKS_PER_TENANT} tasks; {} iterations per side after {} warm-up, \
          alternating; times in microseconds; stmts / round trips per call on the wire \
-         (BEGIN, set_config, COMMIT and the pool's liveness check on acquire included; sqlx also \
+         (BEGIN, SET LOCAL, COMMIT and the pool's liveness check on acquire included; sqlx also \
          pings each connection as it returns to the pool, off the call's path); cpu: the median \
          client CPU time of a call",
         options.iterations, options.warmup
