@@ -198,6 +198,17 @@ impl Error {
         }
     }
 
+    /// The SQLSTATE the server reported, when this is an [`Error::Db`] from the server (`None`
+    /// for every other variant, and for errors that never reached it): for telling apart the
+    /// server errors this crate does not classify, such as Citus's `0A000` (`feature not
+    /// supported`).
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Error::Db(error) => driver_code(error),
+            _ => None,
+        }
+    }
+
     /// Whether this is a refusal by a foreign key whose name the driver did not report.
     pub(crate) fn is_unnamed_reference(&self) -> bool {
         matches!(self, Error::Reference { constraint } if constraint == UNNAMED)

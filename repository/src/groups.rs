@@ -257,33 +257,40 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             user_id: Set(user_id),
         })
         .on_conflict_do_nothing();
-        tenant_transaction(self.db, ctx, async |txn| {
-            match statement.exec_without_returning(txn).await {
-                Ok(TryInsertResult::Inserted(rows)) => Ok(rows > 0),
-                Ok(TryInsertResult::Conflicted | TryInsertResult::Empty) => Ok(false),
-                Err(error) => {
-                    let error = Error::from(error);
-                    if !error.is_unnamed_reference() {
-                        return Err(error);
-                    }
-                    // SQLite does not say which key refused (and its transaction survives the
-                    // refusal); the group is checked first, as PostgreSQL would report it.
-                    let groups_found = scope::find::<groups::Entity>(ctx)
-                        .filter(groups::Column::Id.eq(group_id))
-                        .count(txn)
-                        .await?;
-                    let constraint = if groups_found == 0 {
-                        MEMBER_GROUP_FKEY
-                    } else {
-                        MEMBER_USER_FKEY
-                    };
-                    Err(Error::Reference {
-                        constraint: constraint.to_owned(),
-                    })
-                }
+        let added = tenant_transaction(self.db, ctx, async |txn| {
+            match statement.exec_without_returning(txn).await? {
+                TryInsertResult::Inserted(rows) => Ok(rows > 0),
+                TryInsertResult::Conflicted | TryInsertResult::Empty => Ok(false),
             }
         })
-        .await
+        .await;
+        match added {
+            Err(error) if error.is_unnamed_reference() => {
+                // SQLite does not say which key refused, and Citus passes a worker's refusal on
+                // without the name. The group is checked first, as PostgreSQL would report it, in
+                // a transaction of its own: PostgreSQL runs nothing more in the refused one.
+                let lookup = tenant_transaction(self.db, ctx, async |txn| {
+                    Ok(scope::find::<groups::Entity>(ctx)
+                        .filter(groups::Column::Id.eq(group_id))
+                        .count(txn)
+                        .await?)
+                })
+                .await;
+                // The refusal stands even when its name cannot be found.
+                let Ok(groups_found) = lookup else {
+                    return Err(error);
+                };
+                let constraint = if groups_found == 0 {
+                    MEMBER_GROUP_FKEY
+                } else {
+                    MEMBER_USER_FKEY
+                };
+                Err(Error::Reference {
+                    constraint: constraint.to_owned(),
+                })
+            }
+            other => other,
+        }
     }
 
     /// Removes a user from a group; returns whether they were a member.

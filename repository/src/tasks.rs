@@ -29,7 +29,7 @@ use orkestra_entity::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, Order, PaginatorTrait,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait,
     QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, TransactionTrait, UpdateMany,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, NullOrdering, SelectStatement},
 };
@@ -335,16 +335,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             completed_by: Set(None),
         };
 
-        tenant_transaction(self.db, ctx, async |txn| {
-            let created = match model.insert(txn).await {
-                Ok(created) => created,
-                Err(error) => {
-                    let error = self
-                        .name_reference(txn, ctx, error, assign_to, task.conversation_id)
-                        .await;
-                    return Err(error);
-                }
-            };
+        let created = tenant_transaction(self.db, ctx, async |txn| {
+            let created = model.insert(txn).await?;
             let details = json!({
                 "status": status.as_str(),
                 "assigned_user_id": created.assigned_user_id,
@@ -353,7 +345,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             record(txn, ctx, &created, "created", details).await?;
             Ok(created)
         })
-        .await
+        .await;
+        self.name_reference(ctx, created, assign_to, task.conversation_id)
+            .await
     }
 
     /// The task with this id in the context's tenant, if any.
@@ -821,7 +815,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         change: Transition<'_>,
         set: impl Fn(UpdateMany<tasks::Entity>) -> UpdateMany<tasks::Entity>,
     ) -> Result<tasks::Model> {
-        tenant_transaction(self.db, ctx, async |txn| {
+        let written = tenant_transaction(self.db, ctx, async |txn| {
             let mut current = None;
             for _ in 0..ATTEMPTS {
                 let mut update = scope::update_many::<tasks::Entity>(ctx)
@@ -832,17 +826,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
                 }
                 // Set here so that RETURNING shows it on SQLite too (PostgreSQL's trigger moves it on).
                 let update = set(update).col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
-                let written = match update.exec_with_returning(txn).await {
-                    Ok(mut rows) => rows.pop(),
-                    Err(error) => {
-                        let assign_to = change.assign_to.unwrap_or(AssignTo {
-                            user_id: None,
-                            group_id: None,
-                        });
-                        return Err(self.name_reference(txn, ctx, error, assign_to, None).await);
-                    }
-                };
-                if let Some(task) = written {
+                if let Some(task) = update.exec_with_returning(txn).await?.pop() {
                     let details = change.details.clone();
                     record(txn, ctx, &task, change.action.history_label(), details).await?;
                     return Ok(task);
@@ -881,31 +865,38 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
                 action: change.action,
             })
         })
-        .await
+        .await;
+        let assign_to = change.assign_to.unwrap_or(AssignTo {
+            user_id: None,
+            group_id: None,
+        });
+        self.name_reference(ctx, written, assign_to, None).await
     }
 
-    /// Turns a failed task write into an error naming the foreign key that refused it. PostgreSQL
-    /// names it; SQLite does not, so the candidates are looked up, in PostgreSQL's order.
-    async fn name_reference(
+    /// Names the foreign key that refused a task write, when the database did not: SQLite names
+    /// none, and Citus passes a worker's refusal on without the constraint's name. The candidates
+    /// are looked up, in PostgreSQL's order, in a transaction of their own once the refused one
+    /// has rolled back (PostgreSQL runs nothing more in a transaction after an error); inside a
+    /// caller's transaction, in a savepoint after the refused one's.
+    async fn name_reference<T>(
         &self,
-        txn: &impl ConnectionTrait,
         ctx: &RequestContext,
-        error: DbErr,
+        result: Result<T>,
         assign_to: AssignTo,
         conversation_id: Option<Uuid>,
-    ) -> Error {
-        let error = Error::from(error);
-        if !error.is_unnamed_reference() {
-            return error;
-        }
-        let missing = async {
+    ) -> Result<T> {
+        let error = match result {
+            Err(error) if error.is_unnamed_reference() => error,
+            other => return other,
+        };
+        let missing = tenant_transaction(self.db, ctx, async |txn| {
             if let Some(user) = assign_to.user_id {
                 let found = scope::find::<users::Entity>(ctx)
                     .filter(users::Column::Id.eq(user))
                     .count(txn)
                     .await?;
                 if found == 0 {
-                    return Ok::<_, DbErr>(ASSIGNEE_FKEY);
+                    return Ok(Some(ASSIGNEE_FKEY));
                 }
             }
             if let Some(group) = assign_to.group_id {
@@ -914,7 +905,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
                     .count(txn)
                     .await?;
                 if found == 0 {
-                    return Ok(GROUP_FKEY);
+                    return Ok(Some(GROUP_FKEY));
                 }
             }
             if let Some(conversation) = conversation_id {
@@ -923,16 +914,18 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
                     .count(txn)
                     .await?;
                 if found == 0 {
-                    return Ok(CONVERSATION_FKEY);
+                    return Ok(Some(CONVERSATION_FKEY));
                 }
             }
-            Ok(TENANT_FKEY)
-        };
-        match missing.await {
-            Ok(constraint) => Error::Reference {
-                constraint: constraint.to_owned(),
-            },
-            Err(lookup) => Error::from(lookup),
+            Ok(None)
+        })
+        .await;
+        match missing {
+            Ok(constraint) => Err(Error::Reference {
+                constraint: constraint.unwrap_or(TENANT_FKEY).to_owned(),
+            }),
+            // The refusal stands; only its name could not be found.
+            Err(_) => Err(error),
         }
     }
 }
