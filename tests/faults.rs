@@ -76,6 +76,11 @@ async fn blocked_backend(owner: &DatabaseConnection) -> anyhow::Result<i32> {
     not(orkestra_pg),
     ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
 )]
+#[cfg_attr(
+    orkestra_citus,
+    ignore = "on Citus the trigger that holds the history insert runs on a worker, where neither \
+              the coordinator's advisory lock nor its pg_stat_activity reaches"
+)]
 async fn a_connection_killed_between_the_task_write_and_its_history_leaves_nothing()
 -> anyhow::Result<()> {
     let _turn = TURN.lock().await;
@@ -85,10 +90,14 @@ async fn a_connection_killed_between_the_task_write_and_its_history_leaves_nothi
     // its history row has not, when the test kills the connection.
     db.conn()
         .execute_unprepared(
-            "CREATE FUNCTION wait_for_test() RETURNS trigger LANGUAGE plpgsql AS \
-             $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$; \
-             CREATE TRIGGER wait_for_test BEFORE INSERT ON task_history \
-             FOR EACH ROW EXECUTE FUNCTION wait_for_test()",
+            "CREATE FUNCTION test_wait_for_lock() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN PERFORM pg_advisory_xact_lock(4242); RETURN NEW; END $$",
+        )
+        .await?;
+    db.conn()
+        .execute_unprepared(
+            "CREATE TRIGGER test_wait_for_lock BEFORE INSERT ON task_history \
+             FOR EACH ROW EXECUTE FUNCTION test_wait_for_lock()",
         )
         .await?;
     let before = Snapshot::all(db.conn()).await?;

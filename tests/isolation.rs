@@ -2641,6 +2641,7 @@ fn tenants_stay_isolated_under_random_operation_sequences() {
     let backend = match Backend::from_env() {
         Backend::Sqlite => "SQLite",
         Backend::Postgres { .. } => "PostgreSQL",
+        Backend::Citus { .. } => "Citus",
     };
     println!(
         "isolation property on {backend}: {cases} cases over {TENANTS} tenants, each {}..={} \

@@ -183,13 +183,14 @@ async fn a_tenants_transaction_counts_only_its_tasks_and_no_tenant_counts_none()
         &format!("{{{}}}", a.tenant),
         &Uuid::now_v7().to_string(),
     ] {
+        // As the repository binds a tenant (`SET LOCAL`, which Citus forwards to the workers),
+        // with the value quoted as a string literal.
+        let set = format!(
+            "SET LOCAL app.tenant_id = '{}'",
+            setting.replace('\'', "''")
+        );
         let rows = transaction(app, async |txn| {
-            txn.execute_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT set_config('app.tenant_id', $1, true)",
-                [setting.into()],
-            ))
-            .await?;
+            txn.execute_unprepared(&set).await?;
             Ok(txn
                 .query_all_raw(sql("SELECT count(*) AS n FROM tasks"))
                 .await?)
@@ -219,6 +220,59 @@ async fn a_tenants_transaction_counts_only_its_tasks_and_no_tenant_counts_none()
     Ok(())
 }
 
+/// The binding follows savepoints as `SET LOCAL` does: a nested tenant transaction that rolls back
+/// leaves the outer transaction bound to its own tenant again; one that is released leaves its
+/// tenant bound until the outer transaction ends (every repository call binds its own first, so
+/// only a caller's raw SQL after it could tell); and the end of the outer transaction ends both.
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn the_tenant_binding_follows_savepoints_and_ends_with_the_transaction() -> anyhow::Result<()>
+{
+    let (db, a, b) = two_tenants().await?;
+    let app = db.app_conn();
+    let tasks_seen =
+        async |txn: &sea_orm::DatabaseTransaction| -> orkestra_repository::Result<i64> {
+            let rows = txn
+                .query_all_raw(sql("SELECT count(*) AS n FROM tasks"))
+                .await?;
+            Ok(count(&rows))
+        };
+    let (inner, after_rollback, after_release) =
+        tenant_transaction(app, &ctx(a.tenant), async |txn| {
+            let failed: orkestra_repository::Result<i64> =
+                tenant_transaction(txn, &ctx(b.tenant), async |savepoint| {
+                    let seen = tasks_seen(savepoint).await?;
+                    assert_eq!(seen, b.tasks, "the savepoint sees its own tenant");
+                    Err(Error::validation("test", "roll the savepoint back"))
+                })
+                .await;
+            assert!(failed.is_err());
+            let after_rollback = tasks_seen(txn).await?;
+            let inner = tenant_transaction(txn, &ctx(b.tenant), async |savepoint| {
+                tasks_seen(savepoint).await
+            })
+            .await?;
+            let after_release = tasks_seen(txn).await?;
+            Ok((inner, after_rollback, after_release))
+        })
+        .await?;
+    assert_eq!(
+        after_rollback, a.tasks,
+        "rolled back: the outer tenant again"
+    );
+    assert_eq!(inner, b.tasks);
+    assert_eq!(
+        after_release, b.tasks,
+        "released: the inner tenant until the end"
+    );
+    let outside = transaction(app, async |txn| tasks_seen(txn).await).await?;
+    assert_eq!(outside, 0, "the next transaction on the pool has no tenant");
+    Ok(())
+}
+
 #[tokio::test]
 #[cfg_attr(
     not(orkestra_pg),
@@ -236,15 +290,34 @@ async fn unscoped_sql_in_a_tenants_transaction_sees_and_changes_only_that_tenant
         "SELECT * FROM users",
         "SELECT * FROM audit_events",
         "SELECT * FROM messages",
-        // Joins: the policy applies to every table a statement reads.
-        "SELECT gm.tenant_id FROM group_members gm JOIN users u ON u.id = gm.user_id \
-         JOIN groups g ON g.id = gm.group_id",
-        "SELECT t.tenant_id FROM tasks t JOIN group_members gm ON gm.group_id = t.assigned_group_id",
-        "SELECT m.tenant_id FROM messages m JOIN conversations c ON c.id = m.conversation_id",
-        "SELECT h.tenant_id FROM task_history h LEFT JOIN tasks t ON t.id = h.task_id",
+        // Joins: the policy applies to every table a statement reads. They join on the tenant
+        // too, as every join must on Citus (a join of distributed tables off their distribution
+        // column would need repartitioning, which Citus refuses by default).
+        "SELECT gm.tenant_id FROM group_members gm \
+         JOIN users u ON u.tenant_id = gm.tenant_id AND u.id = gm.user_id \
+         JOIN groups g ON g.tenant_id = gm.tenant_id AND g.id = gm.group_id",
+        "SELECT t.tenant_id FROM tasks t JOIN group_members gm \
+         ON gm.tenant_id = t.tenant_id AND gm.group_id = t.assigned_group_id",
+        "SELECT m.tenant_id FROM messages m JOIN conversations c \
+         ON c.tenant_id = m.tenant_id AND c.id = m.conversation_id",
+        "SELECT h.tenant_id FROM task_history h LEFT JOIN tasks t \
+         ON t.tenant_id = h.tenant_id AND t.id = h.task_id",
         "SELECT id AS tenant_id FROM tenants",
     ] {
-        let rows = query_as(app, a.tenant, text).await?;
+        let rows = match query_as(app, a.tenant, text).await {
+            // Citus cannot plan an outer join across every shard under the policies' stable
+            // condition (`XX000: Distributed queries with outer joins and pseudoconstant quals
+            // are not supported in PG15 and PG16`): refused, so nothing is shown. An outer join
+            // that names its tenant runs on one shard (the repositories' member workloads do).
+            Err(error)
+                if db.is_citus()
+                    && text.contains("LEFT JOIN")
+                    && error.sqlstate().as_deref() == Some("XX000") =>
+            {
+                continue;
+            }
+            rows => rows?,
+        };
         assert!(!rows.is_empty(), "{text} found nothing of tenant A");
         assert_eq!(tenants_of(&rows), vec![a.tenant], "{text}");
     }
@@ -259,8 +332,8 @@ async fn unscoped_sql_in_a_tenants_transaction_sees_and_changes_only_that_tenant
     let deleted = execute_as(
         app,
         a.tenant,
-        "DELETE FROM groups WHERE id NOT IN (SELECT assigned_group_id FROM tasks \
-         WHERE assigned_group_id IS NOT NULL)",
+        "DELETE FROM groups g WHERE NOT EXISTS (SELECT FROM tasks t \
+         WHERE t.tenant_id = g.tenant_id AND t.assigned_group_id = g.id)",
     )
     .await?;
     assert_eq!(deleted, 0, "tenant A's group is named by its tasks");
@@ -310,18 +383,24 @@ async fn writes_outside_the_transactions_tenant_are_refused() -> anyhow::Result<
         )
         .await,
     ];
-    for result in refused {
+    for (n, result) in refused.into_iter().enumerate() {
         let error = result.expect_err("a write for another tenant");
-        assert!(matches!(error, Error::Denied { .. }), "{error:?}");
+        // Citus refuses any change of a row's distribution column before the policy sees it.
+        let citus_refusal = db.is_citus() && n == 1 && error.sqlstate().as_deref() == Some("0A000");
+        assert!(
+            matches!(error, Error::Denied { .. }) || citus_refusal,
+            "{error:?}"
+        );
     }
     // No tenant at all: no write, whatever the row says.
     let error = app
         .execute_raw(sql(&insert_user(a.tenant)))
         .await
         .expect_err("a write with no tenant set");
+    let error = Error::from(error);
     assert!(
-        matches!(Error::from(error), Error::Denied { .. }),
-        "a write with no tenant set"
+        matches!(error, Error::Denied { .. }),
+        "a write with no tenant set: {error:?}"
     );
     // Changing another tenant's rows by id finds nothing to change.
     let b_task = Snapshot::of_tenant(db.conn(), b.tenant).await?.tasks[0].id;
@@ -529,7 +608,8 @@ async fn the_policies_leave_the_tenant_leading_indexes_usable() -> anyhow::Resul
     let task: Uuid = query_as(db.app_conn(), a.tenant, "SELECT id FROM tasks LIMIT 1").await?[0]
         .try_get("", "id")?;
     // With sequential scans priced out, a predicate that an index cannot serve still plans a
-    // Seq Scan; the policy's comparison to a once-per-statement init-plan must not be one.
+    // Seq Scan; the policy's comparison to the tenant setting must not be one. The statements
+    // name no tenant of their own: the policy alone bounds the index.
     for (table, text) in [
         ("tasks", format!("SELECT * FROM tasks WHERE id = '{task}'")),
         (
@@ -553,9 +633,13 @@ async fn the_policies_leave_the_tenant_leading_indexes_usable() -> anyhow::Resul
         .await?;
         assert!(!plan.contains("Seq Scan"), "{text}:\n{plan}");
         assert!(plan.contains(&format!("on {table}")), "{text}:\n{plan}");
+        // The setting bounds the index scan, so it is read once when the scan starts, not for
+        // each row (migration 13 inlines the policy's function into the index condition).
+        let bound = "tenant_id = (\"substring\"(current_setting('app.tenant_id'";
         assert!(
-            plan.contains("InitPlan"),
-            "the setting is read once:\n{plan}"
+            plan.contains(&format!("Index Cond: (({bound}"))
+                || plan.contains(&format!("Index Cond: ({bound}")),
+            "the tenant setting does not bound the index:\n{plan}"
         );
     }
     Ok(())

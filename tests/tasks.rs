@@ -821,24 +821,25 @@ async fn a_transition_whose_history_insert_fails_leaves_the_task_unchanged() -> 
         )
         .await?;
 
-    // Make every history insert fail, as a full disk or a broken constraint would.
+    // Make every history insert fail, as a full disk or a broken constraint would. (Named test_*:
+    // on a shared database the harness drops such objects before the next test.)
     let conn = db.conn();
     match db.backend() {
         sea_orm::DbBackend::Postgres => {
             conn.execute_unprepared(
-                "CREATE FUNCTION refuse_history() RETURNS trigger LANGUAGE plpgsql AS \
+                "CREATE FUNCTION test_refuse_history() RETURNS trigger LANGUAGE plpgsql AS \
                  $$ BEGIN RAISE EXCEPTION 'history refused'; END $$",
             )
             .await?;
             conn.execute_unprepared(
-                "CREATE TRIGGER refuse_history BEFORE INSERT ON task_history \
-                 FOR EACH ROW EXECUTE FUNCTION refuse_history()",
+                "CREATE TRIGGER test_refuse_history BEFORE INSERT ON task_history \
+                 FOR EACH ROW EXECUTE FUNCTION test_refuse_history()",
             )
             .await?;
         }
         _ => {
             conn.execute_unprepared(
-                "CREATE TRIGGER refuse_history BEFORE INSERT ON task_history \
+                "CREATE TRIGGER test_refuse_history BEFORE INSERT ON task_history \
                  BEGIN SELECT RAISE(ABORT, 'history refused'); END",
             )
             .await?;

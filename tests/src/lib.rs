@@ -8,11 +8,20 @@
 //!   passed or panicked. Each process leaves its template behind (tests have no hook at process
 //!   exit); the next run drops what exited processes left (see [`pg::sweep`]).
 //!
+//! - `postgres://...` with `ORKESTRA_CITUS=1`: the coordinator of a Citus cluster, where a database
+//!   cannot be copied from a template (every node would need the copy, and Citus's metadata with
+//!   it). Every test uses the one database the URL names, migrated in place, and runs alone (see
+//!   [`citus`]).
+//!
 //! Tests that only make sense on PostgreSQL carry
 //! `#[cfg_attr(not(orkestra_pg), ignore = "...")]`; the build script sets `orkestra_pg` when
 //! `DATABASE_URL` names a PostgreSQL server, so they run there and are listed as ignored on SQLite.
+//! It sets `orkestra_citus` with `ORKESTRA_CITUS`: tests of the cluster itself are compiled only
+//! then, and the few that cannot run on a shared database carry
+//! `#[cfg_attr(orkestra_citus, ignore = "...")]` with the reason.
 
 pub mod catalog;
+pub mod citus;
 pub mod fixtures;
 pub mod pg;
 pub mod plot;
@@ -36,20 +45,28 @@ pub enum Backend {
         /// The administration URL (`DATABASE_URL`).
         admin_url: String,
     },
+    /// The coordinator of a Citus cluster; the URL names the one database every test shares.
+    Citus {
+        /// The database's URL (`DATABASE_URL`), as a superuser.
+        url: String,
+    },
 }
 
 impl Backend {
-    /// Reads `DATABASE_URL`: unset or `sqlite:...` is SQLite, `postgres://...` is PostgreSQL.
+    /// Reads `DATABASE_URL`: unset or `sqlite:...` is SQLite, `postgres://...` is PostgreSQL, or
+    /// Citus when `ORKESTRA_CITUS` is set too.
     ///
     /// # Panics
-    /// On any other scheme, and when `ORKESTRA_EXPECT_BACKEND` (`sqlite` or `postgres`, set by CI)
-    /// names another backend: a test run must never silently fall back to another backend.
+    /// On any other scheme, and when `ORKESTRA_EXPECT_BACKEND` (`sqlite`, `postgres` or `citus`,
+    /// set by CI) names another backend: a test run must never silently fall back to another
+    /// backend.
     pub fn from_env() -> Backend {
         let backend = Self::from_url();
         if let Ok(expected) = std::env::var("ORKESTRA_EXPECT_BACKEND") {
             let actual = match backend {
                 Backend::Sqlite => "sqlite",
                 Backend::Postgres { .. } => "postgres",
+                Backend::Citus { .. } => "citus",
             };
             assert_eq!(
                 actual, expected,
@@ -64,7 +81,11 @@ impl Backend {
             Err(_) => Backend::Sqlite,
             Ok(url) if url.is_empty() || url.starts_with("sqlite:") => Backend::Sqlite,
             Ok(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Backend::Postgres { admin_url: url }
+                if citus::enabled() {
+                    Backend::Citus { url }
+                } else {
+                    Backend::Postgres { admin_url: url }
+                }
             }
             Ok(url) => panic!(
                 "DATABASE_URL must be unset (SQLite) or a postgres:// URL, not {:?}",
@@ -77,7 +98,7 @@ impl Backend {
     pub fn db_backend(&self) -> DbBackend {
         match self {
             Backend::Sqlite => DbBackend::Sqlite,
-            Backend::Postgres { .. } => DbBackend::Postgres,
+            Backend::Postgres { .. } | Backend::Citus { .. } => DbBackend::Postgres,
         }
     }
 }
@@ -98,8 +119,11 @@ pub struct TestDb {
     conn: DatabaseConnection,
     app: Option<DatabaseConnection>,
     system: Option<DatabaseConnection>,
-    // Declared after `conn`, so the pool is dropped before the database is.
+    url: Option<String>,
+    // Declared after the pools, so they are dropped before the database is, or before the next
+    // test may use the shared one.
     _pg: Option<pg::OwnedDatabase>,
+    citus_turn: Option<citus::Turn>,
 }
 
 impl TestDb {
@@ -119,7 +143,11 @@ impl TestDb {
             Backend::Postgres { admin_url } => {
                 let template = pg::template(&admin_url).await?;
                 let owned = pg::OwnedDatabase::create(&admin_url, Some(&template)).await?;
-                Self::postgres(owned).await
+                Self::postgres(owned.url().to_owned(), Some(owned), None).await
+            }
+            Backend::Citus { url } => {
+                let turn = citus::Turn::migrated(&url).await?;
+                Self::postgres(url, None, Some(turn)).await
             }
         }
     }
@@ -133,7 +161,11 @@ impl TestDb {
             Backend::Sqlite => Self::sqlite().await,
             Backend::Postgres { admin_url } => {
                 let owned = pg::OwnedDatabase::create(&admin_url, None).await?;
-                Self::postgres(owned).await
+                Self::postgres(owned.url().to_owned(), Some(owned), None).await
+            }
+            Backend::Citus { url } => {
+                let turn = citus::Turn::empty(&url).await?;
+                Self::postgres(url, None, Some(turn)).await
             }
         }
     }
@@ -163,16 +195,22 @@ impl TestDb {
             conn,
             app: None,
             system: None,
+            url: None,
             _pg: None,
+            citus_turn: None,
         })
     }
 
-    async fn postgres(owned: pg::OwnedDatabase) -> anyhow::Result<TestDb> {
-        let conn = Database::connect(options(owned.url()))
+    async fn postgres(
+        url: String,
+        owned: Option<pg::OwnedDatabase>,
+        turn: Option<citus::Turn>,
+    ) -> anyhow::Result<TestDb> {
+        let conn = Database::connect(options(&url))
             .await
-            .with_context(|| format!("connecting to test database {}", owned.name()))?;
+            .with_context(|| format!("connecting to test database {}", pg::redact(&url)))?;
         let login = async |role: &str| -> anyhow::Result<DatabaseConnection> {
-            let mut options = options(&pg::url_as(owned.url(), role)?);
+            let mut options = options(&pg::url_as(&url, role)?);
             // Opened on first use: most tests never use these pools.
             options.connect_lazy(true);
             Ok(Database::connect(options).await?)
@@ -183,7 +221,9 @@ impl TestDb {
             conn,
             app: Some(app),
             system: Some(system),
-            _pg: Some(owned),
+            url: Some(url),
+            _pg: owned,
+            citus_turn: turn,
         })
     }
 
@@ -214,6 +254,11 @@ impl TestDb {
     /// The URL of this test's database on PostgreSQL (`None` on in-memory SQLite, which only this
     /// process's pool can reach).
     pub fn url(&self) -> Option<&str> {
-        self._pg.as_ref().map(pg::OwnedDatabase::url)
+        self.url.as_deref()
+    }
+
+    /// Whether this test's database is on a Citus cluster.
+    pub fn is_citus(&self) -> bool {
+        self.citus_turn.is_some()
     }
 }

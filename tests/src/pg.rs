@@ -7,10 +7,13 @@
 //! another machine's.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
 use orkestra_migration::{APP_ROLE, Migrator, MigratorTrait, SYSTEM_ROLE};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+};
 use tokio::sync::OnceCell;
 
 use crate::options;
@@ -176,7 +179,7 @@ pub const SYSTEM_LOGIN: &str = "orkestra_test_system";
 /// Creates the two test login roles unless they exist, in the group roles the migrations create.
 /// Processes race to do this (roles belong to the whole server); a duplicate is ignored. The
 /// password is only for servers that ask for one; the local server trusts.
-async fn create_login_roles(admin: &DatabaseConnection) -> anyhow::Result<()> {
+pub(crate) async fn create_login_roles(admin: &DatabaseConnection) -> anyhow::Result<()> {
     for (login, group) in [(APP_LOGIN, APP_ROLE), (SYSTEM_LOGIN, SYSTEM_ROLE)] {
         execute(
             admin,
@@ -354,4 +357,27 @@ pub async fn explain(db: &impl ConnectionTrait, statement: &Statement) -> Result
         .map(|row| row.try_get::<String>("", "QUERY PLAN"))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(lines.join("\n"))
+}
+
+/// A one-connection pool of `role` on the database `url` names, whose statements are recorded
+/// (those sea-orm sends with a statement of its own: not `BEGIN`, `COMMIT` or an unprepared
+/// `SET LOCAL`), in order.
+///
+/// # Errors
+/// When `url` is not a URL or the server cannot be reached.
+pub async fn recording(
+    url: &str,
+    role: &str,
+) -> anyhow::Result<(DatabaseConnection, Arc<Mutex<Vec<Statement>>>)> {
+    let mut options = ConnectOptions::new(url_as(url, role)?);
+    options.max_connections(1).sqlx_logging(false);
+    let mut conn = Database::connect(options).await?;
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let log = Arc::clone(&sent);
+    conn.set_metric_callback(move |info| {
+        log.lock()
+            .expect("an unpoisoned log")
+            .push(info.statement.clone());
+    });
+    Ok((conn, sent))
 }
