@@ -3,11 +3,17 @@
 //! ```sh
 //! cargo run --example quickstart                      # an in-memory SQLite database
 //! DATABASE_URL=postgres://... cargo run --example quickstart
+//! # as deployed: a service login (orkestra_app) and an administration login (orkestra_system),
+//! # on a database an operator migrated with `sea-orm-cli migrate up`
+//! DATABASE_URL=postgres://orders_svc:...@host/orkestra \
+//!     SYSTEM_DATABASE_URL=postgres://orkestra_admin:...@host/orkestra cargo run --example quickstart
 //! ```
 //!
 //! It migrates the database, creates a tenant with users and a group, raises tasks inside a
 //! conversation, shows a user's inbox, lets two people race for one task, completes it, and prints
-//! the task's history and the tenant's audit trail.
+//! the task's history and the tenant's audit trail. With `SYSTEM_DATABASE_URL` it creates the
+//! tenant on that connection and does everything else on `DATABASE_URL`'s, as a service does, and
+//! leaves the migrations to the operator (neither role may change the schema).
 
 use chrono::{Duration, Utc};
 use orkestra_entity::sea_orm_active_enums::{AssignmentStrategy, UserRole};
@@ -26,12 +32,27 @@ async fn main() -> anyhow::Result<()> {
     } else {
         "PostgreSQL"
     };
-    let db = connect(&DbConfig::new(url).migrating()).await?;
-    println!("1. Connected to {backend} and applied every migration.\n");
+    // Tenant administration goes to the system login when there is one, as in a deployment.
+    let (db, system) = match std::env::var("SYSTEM_DATABASE_URL") {
+        Ok(system_url) => {
+            let db = connect(&DbConfig::new(url)).await?;
+            let system = connect(&DbConfig::new(system_url)).await?;
+            println!(
+                "1. Connected to {backend} as a service and as the administration role (the \
+                 operator migrated the database).\n"
+            );
+            (db, Some(system))
+        }
+        Err(_) => {
+            let db = connect(&DbConfig::new(url).migrating()).await?;
+            println!("1. Connected to {backend} and applied every migration.\n");
+            (db, None)
+        }
+    };
 
     // A tenant: the one system-level repository. A suffix keeps reruns on a server apart.
     let suffix = &uuid::Uuid::now_v7().simple().to_string()[20..];
-    let tenant = TenantRepository::new(&db)
+    let tenant = TenantRepository::new(system.as_ref().unwrap_or(&db))
         .create(NewTenant::new("Acme Corp", format!("acme-{suffix}")))
         .await?;
     println!("2. Tenant {:?} ({}) created.", tenant.name, tenant.slug);
