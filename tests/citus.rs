@@ -142,8 +142,10 @@ async fn walk(db: &TestDb) -> anyhow::Result<Walk> {
         "tenants.list",
         tenants.list(None, &PageRequest::first(10)).await?
     );
-    let mut rename = TenantUpdate::default();
-    rename.name = Some("Acme Corp".to_owned());
+    let rename = TenantUpdate {
+        name: Some("Acme Corp".to_owned()),
+        ..TenantUpdate::default()
+    };
     op!(
         s,
         system_sent,
@@ -191,8 +193,10 @@ async fn walk(db: &TestDb) -> anyhow::Result<Walk> {
             .list(&ctx, &UserFilter::default(), &PageRequest::first(10))
             .await?
     });
-    let mut update = UserUpdate::default();
-    update.name = Some("Ada L.".to_owned());
+    let update = UserUpdate {
+        name: Some("Ada L.".to_owned()),
+        ..UserUpdate::default()
+    };
     op!(
         t,
         sent,
@@ -242,8 +246,10 @@ async fn walk(db: &TestDb) -> anyhow::Result<Walk> {
         "groups.list",
         groups.list(&ctx, &PageRequest::first(10)).await?
     );
-    let mut describe = GroupUpdate::default();
-    describe.description = Some(Some("Reviews invoices".to_owned()));
+    let describe = GroupUpdate {
+        description: Some(Some("Reviews invoices".to_owned())),
+        ..GroupUpdate::default()
+    };
     op!(
         t,
         sent,
