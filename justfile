@@ -53,6 +53,70 @@ test *args:
 test-pg *args:
     ORKESTRA_PG_RESTART="${ORKESTRA_PG_RESTART:-docker compose restart postgres}" cargo test --workspace {{args}}
 
+# The Citus cluster of the optional docker-compose profile (coordinator on localhost:5433)
+[doc("Start a Citus coordinator and worker from docker-compose.yml (profile citus)")]
+citus-db-up:
+    docker compose --profile citus up -d --wait citus-coordinator citus-worker
+    docker compose --profile citus run --rm citus-setup
+
+# Stop the Citus cluster of docker-compose.yml (the data volumes stay)
+citus-db-down:
+    docker compose --profile citus down
+
+# Everything on a Citus cluster: the migrations (with Citus's defaults in the session: the migration
+# sets what it needs), the quickstart as the owner and as the application and system logins, and
+# the suite (ORKESTRA_CITUS=1: one shared database, each test alone on it). The cluster is
+# CITUS_URL's, or else the local one of ../shared/citus/cluster (started if down, emptied first).
+[doc("Migrations, quickstart (owner; app + system logins) and the suite on a Citus cluster")]
+test-citus *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cluster="${CITUS_CLUSTER:-../shared/citus/cluster}"
+    if [ -n "${CITUS_URL:-}" ]; then
+        url="$CITUS_URL"
+    else
+        if [ ! -x "$cluster" ]; then
+            echo "error: no Citus cluster: set CITUS_URL, or CITUS_CLUSTER to the cluster script" >&2
+            exit 1
+        fi
+        url=$("$cluster" up | tail -n 1)
+        "$cluster" reset-db > /dev/null
+    fi
+    sep='?'; case "$url" in *\?*) sep='&' ;; esac
+    # The URL as login role $1, whose password is its name (as the test harness's roles).
+    as() { local u="${url#*://}"; echo "postgres://$1:$1@${u#*@}"; }
+    echo "== $(psql "$url" -Atc "SELECT split_part(citus_version(), ' on ', 1) || ', ' || (SELECT count(*) FROM pg_dist_node) || ' nodes, PostgreSQL ' || current_setting('server_version')")"
+    if [ "$(psql "$url" -Atc 'SHOW citus.propagate_set_commands')" != local ]; then
+        echo "error: the coordinator must set citus.propagate_set_commands = 'local' (README)" >&2
+        exit 1
+    fi
+    echo "== migrations (sea-orm-cli migrate up), with Citus's defaults in the session"
+    sea-orm-cli migrate up -u "${url}${sep}options=-c%20citus.enable_unsafe_triggers%3Doff%20-c%20citus.enable_local_reference_table_foreign_keys%3Don%20-c%20citus.multi_shard_modify_mode%3Dparallel"
+    echo "== login roles for the quickstart"
+    for role in quickstart_app:orkestra_app quickstart_system:orkestra_system; do
+        psql "$url" -v ON_ERROR_STOP=1 -q -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${role%%:*}') THEN CREATE ROLE ${role%%:*} LOGIN PASSWORD '${role%%:*}' IN ROLE ${role#*:}; END IF; END \$\$"
+    done
+    echo "== quickstart as the owner"
+    DATABASE_URL="$url" cargo run -q --example quickstart
+    echo "== quickstart as quickstart_app (orkestra_app), tenants on quickstart_system (orkestra_system)"
+    DATABASE_URL="$(as quickstart_app)" SYSTEM_DATABASE_URL="$(as quickstart_system)" \
+        cargo run -q --example quickstart
+    echo "== the suite on Citus (cargo test --workspace, ORKESTRA_CITUS=1)"
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    status=0
+    DATABASE_URL="$url" ORKESTRA_CITUS=1 ORKESTRA_EXPECT_BACKEND=citus \
+        cargo test --workspace {{args}} 2>&1 | tee "$log" || status=$?
+    awk '/^test result:/ { p += $4; f += $6; i += $8 }
+        END { printf "SUMMARY Citus: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"
+    echo "ignored on Citus (each with its reason):"
+    grep -E '^test .* \.\.\. ignored' "$log" | sed 's/^test /  /' || true
+    if ! grep -A2 -E '^ +Running citus\.rs' "$log" | grep -qE '^running [1-9]'; then
+        echo "error: the Citus tests (tests/citus.rs) did not run" >&2
+        exit 1
+    fi
+    exit "$status"
+
 # Create a login role for a service: a member of orkestra_app, confined by row-level security to
 # the tenant each transaction names (run the migrations first; they create orkestra_app)
 [doc("Create a service login role in orkestra_app (confined to one tenant per transaction)")]
@@ -73,7 +137,14 @@ _login_role name password group:
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    just lint-citus
     just lint-scoping
+
+# Clippy on the tests compiled only for a Citus cluster (tests/citus.rs): the build script needs a
+# postgres:// URL and ORKESTRA_CITUS to compile them in; nothing connects
+lint-citus:
+    DATABASE_URL=postgres://lint@localhost/lint ORKESTRA_CITUS=1 \
+        cargo clippy -p orkestra-tests --all-targets -- -D warnings
 
 # Prove the tenant-scoping lint works: clippy must refuse each way around it in src/lint_probe.rs
 lint-scoping:
