@@ -10,7 +10,7 @@
 //! - enums are native PostgreSQL types; on SQLite they are text columns with a `CHECK` on the labels.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::DbBackend;
+use sea_orm_migration::sea_orm::{DbBackend, Statement};
 use sea_orm_migration::sea_query::extension::postgres::Type;
 
 /// The key columns every tenant-owned table has.
@@ -87,6 +87,44 @@ pub(crate) const TENANT_TABLES: [&str; 8] = [
     "task_history",
     "audit_events",
 ];
+
+/// Whether the database has the `citus` extension (PostgreSQL only): a migration that creates a
+/// tenant-owned table distributes it when it does (README, "Scaling out with Citus").
+///
+/// # Errors
+/// When the catalog cannot be read.
+pub(crate) async fn citus_installed(manager: &SchemaManager<'_>) -> Result<bool, DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        return Ok(false);
+    }
+    let row = manager
+        .get_connection()
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') AS citus",
+        ))
+        .await?;
+    match row {
+        Some(row) => row.try_get("", "citus"),
+        None => Ok(false),
+    }
+}
+
+/// The tables Citus distributes (reference tables included), by name; call only where
+/// [`citus_installed`].
+///
+/// # Errors
+/// When Citus's catalog cannot be read.
+pub(crate) async fn distributed_tables(manager: &SchemaManager<'_>) -> Result<Vec<String>, DbErr> {
+    let rows = manager
+        .get_connection()
+        .query_all_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT logicalrelid::regclass::text AS name FROM pg_dist_partition",
+        ))
+        .await?;
+    rows.iter().map(|row| row.try_get("", "name")).collect()
+}
 
 /// Runs `statements` in order on PostgreSQL; on SQLite, which has none of what they create
 /// (functions, casts, policies, roles, distribution), does nothing.

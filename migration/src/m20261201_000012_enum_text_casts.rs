@@ -9,6 +9,9 @@
 //! function is what `CAST(... AS text)` then calls, on plain PostgreSQL and on Citus alike, with
 //! the same result.
 //!
+//! `AS ASSIGNMENT`, as PostgreSQL's own conversion of an enum to text is: writing an enum into a
+//! text column (`INSERT ... SELECT status`) keeps working without a cast written out.
+//!
 //! Declaring it immutable is sound for this schema: the labels are fixed by the migrations, and
 //! no index or stored value depends on the function. A migration that renames a label
 //! (`ALTER TYPE ... RENAME VALUE`) must also end the sessions that may hold plans made before it.
@@ -42,7 +45,9 @@ impl MigrationTrait for Migration {
                      LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE \
                      AS $$ SELECT pg_catalog.textin(pg_catalog.enum_out($1)) $$"
                     ),
-                    format!("CREATE CAST ({name} AS text) WITH FUNCTION {function}({name})"),
+                    format!(
+                    "CREATE CAST ({name} AS text) WITH FUNCTION {function}({name}) AS ASSIGNMENT"
+                ),
                 ]
             })
             .collect();

@@ -3,7 +3,9 @@
 //! co-located, so that all of one tenant's rows live in the shards of one node and every statement
 //! that names its tenant runs there, with its joins and foreign keys, in one transaction with a
 //! one-phase commit. On PostgreSQL without Citus, and on SQLite, it does nothing; its `down` turns
-//! the tables back into plain local tables.
+//! the tables back into plain local tables. Both steps do only what is left to do: a table already
+//! distributed is left as it is, and a database where Citus arrived after this migration ran (so
+//! nothing is distributed) takes it down and up again to be distributed.
 //!
 //! What it needs Citus to allow, set for this migration's transaction only:
 //! - `citus.enable_local_reference_table_foreign_keys = off`: otherwise making `tenants` a
@@ -21,36 +23,14 @@
 //! do on a distributed schema.
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::sea_orm::{DbBackend, Statement};
 
-use crate::common::{TENANT_TABLES, execute_on_postgres};
+use crate::common::{TENANT_TABLES, citus_installed, distributed_tables, execute_on_postgres};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// Whether the database has the `citus` extension (PostgreSQL only).
-///
-/// # Errors
-/// When the catalog cannot be read.
-pub async fn citus_installed(manager: &SchemaManager<'_>) -> Result<bool, DbErr> {
-    if manager.get_database_backend() != DbBackend::Postgres {
-        return Ok(false);
-    }
-    let row = manager
-        .get_connection()
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') AS citus",
-        ))
-        .await?;
-    match row {
-        Some(row) => row.try_get("", "citus"),
-        None => Ok(false),
-    }
-}
-
 /// The settings the distribution needs, for this migration's transaction only.
-fn settings() -> impl Iterator<Item = String> {
+fn settings() -> Vec<String> {
     [
         "SET LOCAL citus.enable_local_reference_table_foreign_keys TO off",
         "SET LOCAL citus.enable_unsafe_triggers TO on",
@@ -58,6 +38,7 @@ fn settings() -> impl Iterator<Item = String> {
     ]
     .into_iter()
     .map(str::to_owned)
+    .collect()
 }
 
 #[async_trait::async_trait]
@@ -66,19 +47,22 @@ impl MigrationTrait for Migration {
         if !citus_installed(manager).await? {
             return Ok(());
         }
-        let (first, rest) = TENANT_TABLES.split_first().expect("tenant tables");
-        let statements = settings()
-            .chain(["SELECT create_reference_table('tenants')".to_owned()])
-            .chain([format!(
-                "SELECT create_distributed_table('{first}', 'tenant_id', colocate_with => 'none')"
-            )])
-            .chain(rest.iter().map(|table| {
-                format!(
-                    "SELECT create_distributed_table('{table}', 'tenant_id', \
-                     colocate_with => '{first}')"
-                )
-            }))
-            .collect();
+        let done = distributed_tables(manager).await?;
+        let mut statements = settings();
+        if !done.iter().any(|table| table == "tenants") {
+            statements.push("SELECT create_reference_table('tenants')".to_owned());
+        }
+        let first = TENANT_TABLES[0];
+        for table in TENANT_TABLES {
+            if done.iter().any(|done| done == table) {
+                continue;
+            }
+            let colocate = if table == first { "none" } else { first };
+            statements.push(format!(
+                "SELECT create_distributed_table('{table}', 'tenant_id', \
+                 colocate_with => '{colocate}')"
+            ));
+        }
         execute_on_postgres(manager, statements).await
     }
 
@@ -86,13 +70,20 @@ impl MigrationTrait for Migration {
         if !citus_installed(manager).await? {
             return Ok(());
         }
-        // Every table references `tenants`, so undistributing it through its foreign keys turns
-        // the whole schema back into local tables at once.
-        let statements = settings()
-            .chain([
-                "SELECT undistribute_table('tenants', cascade_via_foreign_keys => true)".to_owned(),
-            ])
-            .collect();
+        // Every table references `tenants` and so each other through it: undistributing one
+        // through its foreign keys turns the whole schema back into local tables at once.
+        let done = distributed_tables(manager).await?;
+        let Some(table) = ["tenants"]
+            .into_iter()
+            .chain(TENANT_TABLES)
+            .find(|table| done.iter().any(|done| done == table))
+        else {
+            return Ok(());
+        };
+        let mut statements = settings();
+        statements.push(format!(
+            "SELECT undistribute_table('{table}', cascade_via_foreign_keys => true)"
+        ));
         execute_on_postgres(manager, statements).await
     }
 }
