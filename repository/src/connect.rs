@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use orkestra_migration::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, Statement,
+};
 
 use crate::error::{Error, Result};
 
@@ -111,9 +113,13 @@ impl DbConfig {
 /// # Ok(()) }
 /// ```
 ///
+/// On a Citus coordinator it first checks that the coordinator forwards the tenant binding to the
+/// workers (README, "Scaling out with Citus").
+///
 /// # Errors
 /// [`Error::Validation`] (field `url`) when the URL names neither PostgreSQL nor SQLite;
-/// [`Error::Db`] when the database cannot be reached or a migration fails.
+/// [`Error::Misconfigured`] on a Citus coordinator without `citus.propagate_set_commands =
+/// 'local'`; [`Error::Db`] when the database cannot be reached or a migration fails.
 pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection> {
     let supported = ["postgres://", "postgresql://", "sqlite:"];
     if !supported
@@ -126,8 +132,42 @@ pub async fn connect(config: &DbConfig) -> Result<DatabaseConnection> {
         ));
     }
     let db = Database::connect(config.options()).await?;
+    check_citus(&db).await?;
     if config.migrate {
         Migrator::up(&db, None).await?;
     }
     Ok(db)
+}
+
+/// Refuses a Citus coordinator that would not forward `SET LOCAL app.tenant_id` to its workers:
+/// there the policies would see no tenant, and the service would find every tenant empty instead
+/// of failing. Checked once, when the pool opens; PostgreSQL without Citus and SQLite pass.
+#[allow(clippy::disallowed_methods)] // Reads the catalog and a setting, no table of ours.
+async fn check_citus(db: &DatabaseConnection) -> Result<()> {
+    if db.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let row = db
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') AS citus, \
+                 current_setting('citus.propagate_set_commands', true) AS propagate",
+        ))
+        .await?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let citus: bool = row.try_get("", "citus")?;
+    let propagate: Option<String> = row.try_get("", "propagate")?;
+    if citus && propagate.as_deref() != Some("local") {
+        return Err(Error::Misconfigured {
+            reason: format!(
+                "this Citus coordinator has citus.propagate_set_commands = {}; set it to 'local' \
+                 on the coordinator (never on the workers), or the workers never see the tenant \
+                 and row-level security hides every row",
+                propagate.as_deref().unwrap_or("(unset)")
+            ),
+        });
+    }
+    Ok(())
 }

@@ -129,6 +129,15 @@ pub enum Error {
         /// What was refused, as the database or the check put it.
         reason: String,
     },
+    /// The database is set up in a way the repositories cannot work on safely, found by
+    /// [`connect`](crate::connect): a Citus coordinator without
+    /// `citus.propagate_set_commands = 'local'` never forwards the tenant binding to the workers,
+    /// so every read would come back empty and every write be refused.
+    #[error("misconfigured database: {reason}")]
+    Misconfigured {
+        /// What is wrong and how to set it right.
+        reason: String,
+    },
     /// No connection became free within the pool's acquire timeout
     /// ([`DbConfig::acquire_timeout`](crate::DbConfig)): every connection is in use, or the server
     /// cannot be reached. Nothing was sent; the call can be retried.

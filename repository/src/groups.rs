@@ -18,6 +18,7 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
+use crate::tx::name_refusal;
 use crate::{now, scope, tenant_transaction, validate};
 
 /// The unique constraint a duplicate group slug violates.
@@ -264,33 +265,15 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             }
         })
         .await;
-        match added {
-            Err(error) if error.is_unnamed_reference() => {
-                // SQLite does not say which key refused, and Citus passes a worker's refusal on
-                // without the name. The group is checked first, as PostgreSQL would report it, in
-                // a transaction of its own: PostgreSQL runs nothing more in the refused one.
-                let lookup = tenant_transaction(self.db, ctx, async |txn| {
-                    Ok(scope::find::<groups::Entity>(ctx)
-                        .filter(groups::Column::Id.eq(group_id))
-                        .count(txn)
-                        .await?)
-                })
-                .await;
-                // The refusal stands even when its name cannot be found.
-                let Ok(groups_found) = lookup else {
-                    return Err(error);
-                };
-                let constraint = if groups_found == 0 {
-                    MEMBER_GROUP_FKEY
-                } else {
-                    MEMBER_USER_FKEY
-                };
-                Err(Error::Reference {
-                    constraint: constraint.to_owned(),
-                })
-            }
-            other => other,
-        }
+        // The group is looked up first, as PostgreSQL reports it first.
+        let lookup = async |txn: &C::Transaction| {
+            let groups_found = scope::find::<groups::Entity>(ctx)
+                .filter(groups::Column::Id.eq(group_id))
+                .count(txn)
+                .await?;
+            Ok((groups_found == 0).then_some(MEMBER_GROUP_FKEY))
+        };
+        name_refusal(self.db, ctx, added, lookup, MEMBER_USER_FKEY).await
     }
 
     /// Removes a user from a group; returns whether they were a member.

@@ -41,6 +41,7 @@ use crate::clock::utc;
 use crate::context::RequestContext;
 use crate::error::{Error, Result, TaskAction};
 use crate::page::{self, Page, PageRequest};
+use crate::tx::name_refusal;
 use crate::{now, scope, tenant_transaction, validate};
 
 /// The foreign key a task naming a user outside the tenant as assignee violates.
@@ -873,11 +874,9 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         self.name_reference(ctx, written, assign_to, None).await
     }
 
-    /// Names the foreign key that refused a task write, when the database did not: SQLite names
-    /// none, and Citus passes a worker's refusal on without the constraint's name. The candidates
-    /// are looked up, in PostgreSQL's order, in a transaction of their own once the refused one
-    /// has rolled back (PostgreSQL runs nothing more in a transaction after an error); inside a
-    /// caller's transaction, in a savepoint after the refused one's.
+    /// Names the foreign key that refused a task write when the database did not
+    /// ([`name_refusal`]): the assignee, the group, the conversation, in PostgreSQL's order, and
+    /// else the tenant.
     async fn name_reference<T>(
         &self,
         ctx: &RequestContext,
@@ -885,11 +884,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         assign_to: AssignTo,
         conversation_id: Option<Uuid>,
     ) -> Result<T> {
-        let error = match result {
-            Err(error) if error.is_unnamed_reference() => error,
-            other => return other,
-        };
-        let missing = tenant_transaction(self.db, ctx, async |txn| {
+        let lookup = async |txn: &C::Transaction| {
             if let Some(user) = assign_to.user_id {
                 let found = scope::find::<users::Entity>(ctx)
                     .filter(users::Column::Id.eq(user))
@@ -918,15 +913,8 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
                 }
             }
             Ok(None)
-        })
-        .await;
-        match missing {
-            Ok(constraint) => Err(Error::Reference {
-                constraint: constraint.unwrap_or(TENANT_FKEY).to_owned(),
-            }),
-            // The refusal stands; only its name could not be found.
-            Err(_) => Err(error),
-        }
+        };
+        name_refusal(self.db, ctx, result, lookup, TENANT_FKEY).await
     }
 }
 

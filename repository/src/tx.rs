@@ -59,7 +59,11 @@ where
 /// no row-level security, it is a plain transaction.
 ///
 /// The setting is local to the transaction: it ends with it, so a pooled connection never carries
-/// one request's tenant into the next.
+/// one request's tenant into the next. Nested in a savepoint, it is undone when the savepoint rolls
+/// back. When a nested call binds another tenant and succeeds, PostgreSQL keeps that tenant bound
+/// for the rest of the outer transaction, while Citus forwards the outer tenant again to the
+/// workers it opens after: a repository call binds its own tenant first and is unaffected, but a
+/// caller's raw SQL should run in a `tenant_transaction` of its own.
 ///
 /// ```no_run
 /// use orkestra_repository::{RequestContext, tenant_transaction};
@@ -105,14 +109,44 @@ pub fn bind_tenant_sql(tenant: Uuid) -> String {
 
 /// Sets `app.tenant_id` for the rest of the transaction (PostgreSQL only), as a statement of its
 /// own, sent unprepared: a prepared statement per tenant would only fill the statement cache.
-/// Inside a savepoint the setting ends with it when it is rolled back, and stays with the
-/// transaction when it is released, as `SET LOCAL` does.
+/// Inside a savepoint the setting ends with it when it is rolled back (see [`tenant_transaction`]
+/// for one that is released).
 #[allow(clippy::disallowed_methods)] // A setting, not a query: it reaches no table.
 async fn bind_tenant(txn: &impl ConnectionTrait, tenant: Uuid) -> Result<()> {
     if txn.get_database_backend() == DbBackend::Postgres {
         txn.execute_unprepared(&bind_tenant_sql(tenant)).await?;
     }
     Ok(())
+}
+
+/// Names the foreign key behind a refused write that the database left unnamed, and passes every
+/// other result through. SQLite names no constraint, and Citus passes a worker's refusal on without
+/// it; `lookup` finds the reference that is missing (`None`: none of the call's own, so
+/// `fallback`). It runs in a tenant transaction of its own, once the refused one has rolled back
+/// (PostgreSQL runs nothing more in a transaction after an error), or in a savepoint after the
+/// refused one inside a caller's transaction. Best effort: a row a concurrent transaction adds or
+/// removes in between can change the name; the refusal stands, and when the lookup itself fails
+/// it is returned unnamed.
+pub(crate) async fn name_refusal<C, T>(
+    db: &C,
+    ctx: &RequestContext,
+    result: Result<T>,
+    lookup: impl AsyncFnOnce(&C::Transaction) -> Result<Option<&'static str>>,
+    fallback: &'static str,
+) -> Result<T>
+where
+    C: TransactionTrait,
+{
+    let error = match result {
+        Err(error) if error.is_unnamed_reference() => error,
+        other => return other,
+    };
+    match tenant_transaction(db, ctx, lookup).await {
+        Ok(constraint) => Err(Error::Reference {
+            constraint: constraint.unwrap_or(fallback).to_owned(),
+        }),
+        Err(_) => Err(error),
+    }
 }
 
 /// Runs `f` in a transaction (a savepoint inside a caller's) of system-level work: tenant
