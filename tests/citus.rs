@@ -265,6 +265,12 @@ async fn walk(db: &TestDb) -> anyhow::Result<Walk> {
     op!(t, sent, "groups.add_member (again)", {
         groups.add_member(&ctx, group.id, ada.id).await?
     });
+    op!(t, sent, "groups.add_member (refused reference)", {
+        groups
+            .add_member(&ctx, Uuid::now_v7(), ada.id)
+            .await
+            .expect_err("a missing group")
+    });
     groups.add_member(&ctx, group.id, grace.id).await?;
     take(&sent);
     op!(t, sent, "groups.list_members", {
@@ -346,6 +352,16 @@ async fn walk(db: &TestDb) -> anyhow::Result<Walk> {
                     .in_conversation(slack.id),
             )
             .await?
+    });
+    op!(t, sent, "tasks.create (refused reference)", {
+        tasks
+            .create(
+                &ctx,
+                NewTask::new("wf", "run-1", "Nobody's", json!({}))
+                    .assigned_to(AssignTo::user(Uuid::now_v7())),
+            )
+            .await
+            .expect_err("a missing assignee")
     });
     let direct = tasks
         .create(&ctx, NewTask::new("wf", "run-1", "Check", json!({})))
@@ -495,11 +511,21 @@ async fn walk(db: &TestDb) -> anyhow::Result<Walk> {
     );
 
     let systemwide = SystemRepository::new(&system);
-    op!(s, system_sent, "system.purge_audit_events", {
+    op!(s, system_sent, "system.purge_audit_events (one tenant)", {
         systemwide
             .purge_audit_events(Some(tenant.id), Utc::now().fixed_offset())
             .await?
     });
+    op!(
+        s,
+        system_sent,
+        "system.purge_audit_events (every tenant)",
+        {
+            systemwide
+                .purge_audit_events(None, Utc::now().fixed_offset())
+                .await?
+        }
+    );
     op!(
         s,
         system_sent,
@@ -554,14 +580,31 @@ async fn every_tenant_statement_runs_as_one_task_on_the_tenants_worker() -> anyh
         }
         println!("| {name} | {} | one task, worker :{node} |", sent.len());
     }
+    // System-level work: the role check reads the coordinator's catalog; tenant administration is
+    // one task on a copy of the `tenants` reference table (a write goes to every copy, in two
+    // phases: see the commit test); a purge is one task for one tenant, every shard for all.
     for (name, sent) in &walk.system_ops {
         let mut routes = Vec::new();
-        for statement in sent {
+        for (n, statement) in sent.iter().enumerate() {
             let plan = plan(&db, None, statement).await?;
-            routes.push(match route(&plan) {
+            let route = route(&plan);
+            let expected = match (n, name.ends_with("(every tenant)")) {
+                (0, _) => matches!(route, Route::Coordinator),
+                (_, false) if name.starts_with("system.") => route == Route::Single(node),
+                (_, false) => matches!(route, Route::Single(_)),
+                (_, true) => matches!(route, Route::Other(_)),
+            };
+            assert!(
+                expected,
+                "{name}: an unexpected route
+{}
+{plan}",
+                statement.sql
+            );
+            routes.push(match route {
                 Route::Coordinator => "coordinator (role check)".to_owned(),
                 Route::Single(port) => format!("one task, :{port}"),
-                Route::Other(_) => "several tasks".to_owned(),
+                Route::Other(_) => "every shard".to_owned(),
             });
         }
         println!(
@@ -712,6 +755,15 @@ async fn tenant_writes_commit_in_one_phase() -> anyhow::Result<()> {
             .await?,
         ),
     ];
+    // A purge of every tenant deletes on every worker: two phases.
+    let purge = remote_commands(
+        SystemRepository::new(&system).purge_audit_events(None, Utc::now().fixed_offset()),
+    )
+    .await?;
+    assert!(
+        purge.iter().any(|c| c.starts_with("PREPARE TRANSACTION")),
+        "a purge of every tenant commits in two phases: {purge:#?}"
+    );
     for (name, commands) in writes {
         println!("{name}: {commands:#?}");
         assert!(
@@ -733,5 +785,86 @@ async fn tenant_writes_commit_in_one_phase() -> anyhow::Result<()> {
             "{name}: the two writes in one transaction: {commands:#?}"
         );
     }
+    Ok(())
+}
+
+/// `connect` refuses a coordinator that would not forward the tenant binding to the workers,
+/// instead of opening a pool on which every tenant looks empty.
+#[tokio::test]
+async fn connect_refuses_a_coordinator_that_would_not_forward_the_tenant() -> anyhow::Result<()> {
+    let db = TestDb::postgres_only().await?;
+    let url = pg::url_as(db.url().expect("a URL"), pg::APP_LOGIN)?;
+    let separator = if url.contains('?') { '&' } else { '?' };
+    // The session's own setting stands in for the coordinator's configuration.
+    let misconfigured = format!("{url}{separator}options=-c%20citus.propagate_set_commands%3Dnone");
+    let error = orkestra_repository::connect(&orkestra_repository::DbConfig::new(misconfigured))
+        .await
+        .expect_err("a coordinator that does not forward SET LOCAL");
+    assert!(
+        matches!(&error, orkestra_repository::Error::Misconfigured { reason }
+            if reason.contains("= none")),
+        "{error:?}"
+    );
+    let pool = orkestra_repository::connect(&orkestra_repository::DbConfig::new(url)).await?;
+    pool.close().await?;
+    Ok(())
+}
+
+/// The distribution of each table, from the catalog.
+async fn distribution(db: &TestDb) -> anyhow::Result<Vec<(String, Option<String>)>> {
+    let catalog = orkestra_tests::catalog::Catalog::read(db.conn()).await?;
+    Ok(catalog
+        .tables
+        .into_iter()
+        .map(|(name, table)| (name, table.distribution))
+        .collect())
+}
+
+/// Runs `statements` in one transaction on the owner's pool.
+async fn in_one_transaction(db: &TestDb, statements: &[&str]) -> anyhow::Result<()> {
+    let txn = sea_orm::TransactionTrait::begin(db.conn()).await?;
+    for sql in statements {
+        txn.execute_unprepared(sql).await?;
+    }
+    txn.commit().await?;
+    Ok(())
+}
+
+/// Migration 14 does what is left to do: on a database where it ran before Citus was installed
+/// (recorded, nothing distributed) its `down` does nothing and its `up` distributes; tables
+/// already distributed are left as they are.
+#[tokio::test]
+async fn migration_14_distributes_only_what_is_not_yet_distributed() -> anyhow::Result<()> {
+    use orkestra_migration::{Migrator, MigratorTrait};
+    let db = TestDb::postgres_only().await?;
+    let distributed = distribution(&db).await?;
+    assert!(
+        distributed.iter().all(|(_, d)| d.is_some()),
+        "{distributed:?}"
+    );
+
+    // As if Citus had arrived after every migration ran.
+    in_one_transaction(
+        &db,
+        &["SELECT undistribute_table('tenants', cascade_via_foreign_keys => true)"],
+    )
+    .await?;
+    assert!(distribution(&db).await?.iter().all(|(_, d)| d.is_none()));
+    Migrator::down(db.conn(), Some(1)).await?;
+    assert!(distribution(&db).await?.iter().all(|(_, d)| d.is_none()));
+
+    // Some tables distributed by hand already: `up` distributes the rest, alike.
+    in_one_transaction(
+        &db,
+        &[
+            "SET LOCAL citus.enable_local_reference_table_foreign_keys TO off",
+            "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'",
+            "SELECT create_reference_table('tenants')",
+            "SELECT create_distributed_table('users', 'tenant_id', colocate_with => 'none')",
+        ],
+    )
+    .await?;
+    Migrator::up(db.conn(), None).await?;
+    assert_eq!(distribution(&db).await?, distributed);
     Ok(())
 }

@@ -4,8 +4,10 @@
 //! PostgreSQL's harness gives each test a copy of a template database. On Citus that cannot work:
 //! a database is made on the coordinator only, while the tables' shards live in the database of
 //! the same name on every worker, and Citus's metadata (nodes, shards, placements) belongs to the
-//! database that was distributed. So here every test uses the database `DATABASE_URL` names, which
-//! `just test-citus` empties (`cluster reset-db`) and migrates before the run:
+//! database that was distributed. So here every test uses the database `DATABASE_URL` names, as a
+//! superuser (row-level security is forced on every table, and the harness must see every row to
+//! delete it), which `just test-citus` migrates before the run (and, on the local cluster, first
+//! empties with `cluster reset-db`):
 //! - [`Turn::migrated`] waits for the previous test to end, applies any pending migration (for
 //!   the tests of the migrations themselves, which take it down), and deletes every row, so each
 //!   test starts from the same empty, migrated schema its PostgreSQL twin gets from the template;
@@ -67,6 +69,7 @@ impl Turn {
     pub async fn migrated(url: &str) -> anyhow::Result<Turn> {
         let turn = Self::take().await?;
         let conn = connect(url).await?;
+        require_superuser(&conn).await?;
         Migrator::up(&conn, None)
             .await
             .context("migrating the shared Citus database")?;
@@ -105,6 +108,27 @@ async fn connect(url: &str) -> anyhow::Result<DatabaseConnection> {
     Database::connect(options)
         .await
         .with_context(|| format!("connecting to the Citus coordinator at {}", pg::redact(url)))
+}
+
+/// Fails unless the connection's role sees every row: a role that row-level security confined
+/// would delete nothing, and tests would see each other's rows.
+async fn require_superuser(conn: &DatabaseConnection) -> anyhow::Result<()> {
+    let row = conn
+        .query_one_raw(Statement::from_string(
+            DbBackend::Postgres,
+            "SELECT rolsuper OR rolbypassrls AS unconfined FROM pg_roles \
+             WHERE rolname = current_user",
+        ))
+        .await?;
+    let unconfined = row
+        .map(|row| row.try_get::<bool>("", "unconfined"))
+        .transpose()?
+        .unwrap_or(false);
+    anyhow::ensure!(
+        unconfined,
+        "the Citus harness needs DATABASE_URL to name a superuser (or a BYPASSRLS role)"
+    );
+    Ok(())
 }
 
 /// Drops the triggers and functions earlier tests added to the schema, which by convention are
