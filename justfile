@@ -85,9 +85,13 @@ test-citus *args:
     sep='?'; case "$url" in *\?*) sep='&' ;; esac
     # The URL as login role $1, whose password is its name (as the test harness's roles).
     as() { local u="${url#*://}"; echo "postgres://$1:$1@${u#*@}"; }
-    echo "== $(psql "$url" -Atc "SELECT split_part(citus_version(), ' on ', 1) || ', ' || (SELECT count(*) FROM pg_dist_node) || ' nodes, PostgreSQL ' || current_setting('server_version')")"
-    if [ "$(psql "$url" -Atc 'SHOW citus.propagate_set_commands')" != local ]; then
-        echo "error: the coordinator must set citus.propagate_set_commands = 'local' (README)" >&2
+    cluster_is=$(psql "$url" -v ON_ERROR_STOP=1 -Atc "SELECT split_part(citus_version(), ' on ', 1) \
+        || ', ' || (SELECT count(*) FROM pg_dist_node) || ' nodes, PostgreSQL ' \
+        || current_setting('server_version')")
+    echo "== $cluster_is"
+    propagate=$(psql "$url" -v ON_ERROR_STOP=1 -Atc 'SHOW citus.propagate_set_commands')
+    if [ "$propagate" != local ]; then
+        echo "error: the coordinator has citus.propagate_set_commands = $propagate; it must be 'local' (README)" >&2
         exit 1
     fi
     echo "== migrations (sea-orm-cli migrate up), with Citus's defaults in the session"
@@ -101,20 +105,22 @@ test-citus *args:
     echo "== quickstart as quickstart_app (orkestra_app), tenants on quickstart_system (orkestra_system)"
     DATABASE_URL="$(as quickstart_app)" SYSTEM_DATABASE_URL="$(as quickstart_system)" \
         cargo run -q --example quickstart
-    echo "== the suite on Citus (cargo test --workspace, ORKESTRA_CITUS=1)"
+    # Never the plain server's restart command here: the restart test would restart it mid-run.
+    suite() { env -u ORKESTRA_PG_RESTART DATABASE_URL="$url" ORKESTRA_CITUS=1 \
+        ORKESTRA_EXPECT_BACKEND=citus cargo test "$@"; }
     log=$(mktemp)
     trap 'rm -f "$log"' EXIT
+    if [ -z "{{args}}" ]; then
+        echo "== routing and commits on the cluster (tests/citus.rs, with their output)"
+        suite -p orkestra-tests --test citus -- --nocapture 2>&1 | tee "$log"
+        .ci/summarize "Citus (tests/citus.rs)" "$log"
+    fi
+    echo "== the suite on Citus (cargo test --workspace, ORKESTRA_CITUS=1)"
     status=0
-    DATABASE_URL="$url" ORKESTRA_CITUS=1 ORKESTRA_EXPECT_BACKEND=citus \
-        cargo test --workspace {{args}} 2>&1 | tee "$log" || status=$?
-    awk '/^test result:/ { p += $4; f += $6; i += $8 }
-        END { printf "SUMMARY Citus: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"
+    suite --workspace {{args}} 2>&1 | tee "$log" || status=$?
+    .ci/summarize Citus "$log" || status=1
     echo "ignored on Citus (each with its reason):"
     grep -E '^test .* \.\.\. ignored' "$log" | sed 's/^test /  /' || true
-    if ! grep -A2 -E '^ +Running citus\.rs' "$log" | grep -qE '^running [1-9]'; then
-        echo "error: the Citus tests (tests/citus.rs) did not run" >&2
-        exit 1
-    fi
     exit "$status"
 
 # Create a login role for a service: a member of orkestra_app, confined by row-level security to
