@@ -30,6 +30,7 @@ async fn up_builds_every_table_and_down_to_zero_leaves_nothing_behind() -> anyho
             first.functions,
             [
                 "orkestra_assignment_strategy_text",
+                "orkestra_bind_tenant",
                 "orkestra_conversation_status_text",
                 "orkestra_current_tenant",
                 "orkestra_refuse_audit_update",
@@ -134,11 +135,12 @@ async fn each_migration_down_restores_exactly_the_schema_before_it() -> anyhow::
     let db = TestDb::empty().await?;
     let conn = db.conn();
     let count = Migrator::migrations().len();
-    assert_eq!(count, 14);
-    // Row-level security and its roles (migration 8), the enum casts (12) and the policies'
-    // form (13) exist on PostgreSQL only; the distribution (14) on Citus only.
+    assert_eq!(count, 15);
+    // Row-level security and its roles (migration 8), the enum casts (12), the policies' form
+    // (13) and the tenant-binding function (15) exist on PostgreSQL only; the distribution (14)
+    // on Citus only.
     let changes_the_schema = |step: usize| match step {
-        7 | 11 | 12 => db.backend() == sea_orm::DbBackend::Postgres,
+        7 | 11 | 12 | 14 => db.backend() == sea_orm::DbBackend::Postgres,
         13 => db.is_citus(),
         _ => true,
     };

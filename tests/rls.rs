@@ -234,13 +234,12 @@ async fn the_tenant_binding_follows_savepoints_and_ends_with_the_transaction() -
 {
     let (db, a, b) = two_tenants().await?;
     let app = db.app_conn();
-    let tasks_seen =
-        async |txn: &sea_orm::DatabaseTransaction| -> orkestra_repository::Result<i64> {
-            let rows = txn
-                .query_all_raw(sql("SELECT count(*) AS n FROM tasks"))
-                .await?;
-            Ok(count(&rows))
-        };
+    let tasks_seen = async |txn: &orkestra_repository::Txn| -> orkestra_repository::Result<i64> {
+        let rows = txn
+            .query_all_raw(sql("SELECT count(*) AS n FROM tasks"))
+            .await?;
+        Ok(count(&rows))
+    };
     let (inner, after_rollback, after_release) =
         tenant_transaction(app, &ctx(a.tenant), async |txn| {
             let failed: orkestra_repository::Result<i64> =

@@ -31,6 +31,7 @@ mod m20261126_000011_open_task_indexes;
 mod m20261201_000012_enum_text_casts;
 mod m20261201_000013_policies_for_citus;
 mod m20261201_000014_distribute_on_citus;
+mod m20261206_000015_bind_tenant_function;
 
 pub use m20261125_000008_row_level_security::{APP_ROLE, SYSTEM_ROLE};
 
@@ -55,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000012_enum_text_casts::Migration),
             Box::new(m20261201_000013_policies_for_citus::Migration),
             Box::new(m20261201_000014_distribute_on_citus::Migration),
+            Box::new(m20261206_000015_bind_tenant_function::Migration),
         ]
     }
 }

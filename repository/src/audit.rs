@@ -9,7 +9,7 @@ use orkestra_entity::audit_events;
 use sea_orm::{
     ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, DbBackend, DbErr,
     EntityTrait, ExprTrait, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
-    TransactionTrait, sea_query::Expr,
+    sea_query::Expr,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -18,7 +18,8 @@ use crate::clock::{bound, utc};
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{Page, PageRequest, TimeCursor};
-use crate::{now, scope, tenant_transaction, validate};
+use crate::tx::Connection;
+use crate::{now, scope, tenant_read, tenant_transaction, validate};
 
 /// The most events [`AuditRepository::record_many`] writes in one call.
 ///
@@ -153,7 +154,7 @@ pub struct AuditRepository<'a, C> {
     db: &'a C,
 }
 
-impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
+impl<'a, C: Connection> AuditRepository<'a, C> {
     /// A repository on `db`, a pool or a transaction.
     pub fn new(db: &'a C) -> Self {
         AuditRepository { db }
@@ -276,7 +277,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
             .order_by_desc(audit_events::Column::CreatedAt)
             .order_by_desc(audit_events::Column::Id)
             .limit(page.fetch()?);
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |event| TimeCursor {
             created_at: event.created_at,
             id: event.id,
@@ -292,7 +293,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> AuditRepository<'a, C> {
     /// - [`Error::Db`].
     pub async fn count(&self, ctx: &RequestContext, query: &AuditQuery) -> Result<u64> {
         let select = filtered(ctx, query)?;
-        tenant_transaction(self.db, ctx, async |txn| Ok(select.count(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(select.count(txn).await?)).await
     }
 }
 

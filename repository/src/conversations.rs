@@ -10,7 +10,6 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
     sea_query::{Expr, ExprTrait, Func, OnConflict},
 };
 use serde_json::Value;
@@ -19,7 +18,8 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest, TimeCursor};
-use crate::{clock, now, scope, tenant_transaction, validate};
+use crate::tx::Connection;
+use crate::{clock, now, scope, tenant_read, tenant_transaction, validate};
 
 /// The unique constraint a second conversation with the same channel and external id violates.
 pub const EXTERNAL_KEY: &str = "conversations_tenant_id_channel_external_id_key";
@@ -90,7 +90,7 @@ pub struct ConversationRepository<'a, C> {
     db: &'a C,
 }
 
-impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
+impl<'a, C: Connection> ConversationRepository<'a, C> {
     /// A repository on `db`, a pool or a transaction.
     pub fn new(db: &'a C) -> Self {
         ConversationRepository { db }
@@ -145,7 +145,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
     ) -> Result<Option<conversations::Model>> {
         let query =
             scope::find::<conversations::Entity>(ctx).filter(conversations::Column::Id.eq(id));
-        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// The conversation with this external id on this channel (both compared trimmed) in the
@@ -162,7 +162,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
     ) -> Result<Option<conversations::Model>> {
         let channel = validate::text("channel", channel, validate::LABEL_MAX)?;
         let external_id = validate::text("external_id", external_id, validate::ID_MAX)?;
-        tenant_transaction(self.db, ctx, async |txn| {
+        tenant_read(self.db, ctx, async |txn| {
             by_external_id(txn, ctx, &channel, &external_id).await
         })
         .await
@@ -322,7 +322,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
             .order_by_asc(messages::Column::CreatedAt)
             .order_by_asc(messages::Column::Id)
             .limit(page.fetch()?);
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |message| TimeCursor {
             created_at: message.created_at,
             id: message.id,
@@ -406,7 +406,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> ConversationRepository<'a, C> {
         let query = scope::find::<tasks::Entity>(ctx)
             .filter(tasks::Column::ConversationId.eq(conversation_id));
         let query = page::by_id(query, tasks::Column::Id, page)?;
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |task| task.id))
     }
 }

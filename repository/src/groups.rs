@@ -8,9 +8,8 @@ use orkestra_entity::{
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, EntityTrait, FromQueryResult, JoinType,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, TransactionTrait,
-    TryInsertResult,
+    ColumnTrait, Condition, EntityTrait, FromQueryResult, JoinType, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, TryInsertResult,
     sea_query::{Expr, ExprTrait, Func},
 };
 use uuid::Uuid;
@@ -19,7 +18,8 @@ use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
 use crate::tx::name_refusal;
-use crate::{now, scope, tenant_transaction, validate};
+use crate::tx::{Connection, Txn};
+use crate::{now, scope, tenant_read, tenant_transaction, validate};
 
 /// The unique constraint a duplicate group slug violates.
 pub const SLUG_KEY: &str = "groups_tenant_id_slug_key";
@@ -84,7 +84,7 @@ pub struct GroupRepository<'a, C> {
     db: &'a C,
 }
 
-impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
+impl<'a, C: Connection> GroupRepository<'a, C> {
     /// A repository on `db`, a pool or a transaction.
     pub fn new(db: &'a C) -> Self {
         GroupRepository { db }
@@ -138,7 +138,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         id: Uuid,
     ) -> Result<Option<groups::Model>> {
         let query = scope::find::<groups::Entity>(ctx).filter(groups::Column::Id.eq(id));
-        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// The group with this slug in the context's tenant, if any.
@@ -152,7 +152,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
     ) -> Result<Option<groups::Model>> {
         let slug = validate::slug("slug", slug)?;
         let query = scope::find::<groups::Entity>(ctx).filter(groups::Column::Slug.eq(slug));
-        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// A page of the tenant's groups, in creation order.
@@ -166,7 +166,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
     ) -> Result<Page<groups::Model, Uuid>> {
         let query = scope::find::<groups::Entity>(ctx);
         let query = page::by_id(query, groups::Column::Id, page)?;
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |group| group.id))
     }
 
@@ -266,7 +266,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         })
         .await;
         // The group is looked up first, as PostgreSQL reports it first.
-        let lookup = async |txn: &C::Transaction| {
+        let lookup = async |txn: &Txn| {
             let groups_found = scope::find::<groups::Entity>(ctx)
                 .filter(groups::Column::Id.eq(group_id))
                 .count(txn)
@@ -313,7 +313,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         let query =
             scope::find::<users::Entity>(ctx).filter(users::Column::Id.in_subquery(member_ids));
         let query = page::by_id(query, users::Column::Id, page)?;
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |user| user.id))
     }
 
@@ -334,7 +334,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
         let query = scope::find::<groups::Entity>(ctx)
             .filter(groups::Column::Id.in_subquery(group_ids))
             .order_by_asc(groups::Column::Id);
-        tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
     }
 
     /// Each member of a group with their count of open tasks, least loaded first (ties by user
@@ -375,7 +375,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> GroupRepository<'a, C> {
             .order_by_asc(group_members::Column::UserId);
         QueryTrait::query(&mut select).join(JoinType::LeftJoin, tasks::Entity, on);
         let select = select.into_model::<MemberWorkload>();
-        tenant_transaction(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await
     }
 }
 

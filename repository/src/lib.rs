@@ -4,8 +4,8 @@
 //!   tenant ([`scope`] is the only way repository code reaches those tables, and clippy enforces
 //!   it); the database refuses cross-tenant references besides.
 //! - Every method works on a pool ([`sea_orm::DatabaseConnection`]) or inside a caller's
-//!   transaction ([`sea_orm::DatabaseTransaction`]); [`transaction`] runs several calls atomically,
-//!   and nests as savepoints.
+//!   transaction ([`Txn`], or SeaORM's [`sea_orm::DatabaseTransaction`]): anything that is a
+//!   [`Connection`]; [`transaction`] runs several calls atomically, and nests as savepoints.
 //! - Every task state change is one guarded `UPDATE ... WHERE status IN (...) RETURNING` plus its
 //!   `task_history` row, in one transaction: an illegal transition or a lost race writes nothing
 //!   and returns [`Error::InvalidTransition`] with the task's current status.
@@ -32,6 +32,7 @@ pub mod groups;
 #[cfg(orkestra_lint_probe)]
 mod lint_probe;
 pub mod page;
+mod pg_txn;
 pub mod scope;
 pub mod system;
 pub mod tasks;
@@ -52,7 +53,7 @@ pub use page::{Page, PageRequest, TimeCursor};
 pub use system::SystemRepository;
 pub use tasks::{AssignTo, InboxCursor, NewTask, OverdueCursor, Sla, TaskRepository};
 pub use tenants::{NewTenant, TenantRepository, TenantUpdate};
-pub use tx::{system_transaction, tenant_transaction, transaction};
+pub use tx::{Connection, Txn, system_transaction, tenant_read, tenant_transaction, transaction};
 pub use users::{NewUser, UserFilter, UserRepository, UserUpdate};
 
 pub(crate) use clock::now;

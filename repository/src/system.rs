@@ -14,12 +14,13 @@
 
 use chrono::{DateTime, FixedOffset};
 use orkestra_entity::audit_events;
-use sea_orm::{ColumnTrait, ConnectionTrait, QueryFilter, TransactionTrait};
+use sea_orm::{ColumnTrait, QueryFilter};
 use uuid::Uuid;
 
 use crate::clock::utc;
 use crate::error::Result;
 use crate::scope;
+use crate::tx::Connection;
 use crate::tx::system_transaction;
 
 /// Audit retention, across tenants. Needs a system connection (see the [module](self)).
@@ -28,7 +29,7 @@ pub struct SystemRepository<'a, C> {
     db: &'a C,
 }
 
-impl<'a, C: ConnectionTrait + TransactionTrait> SystemRepository<'a, C> {
+impl<'a, C: Connection> SystemRepository<'a, C> {
     /// A repository on `db`, a pool or a transaction of a system role.
     pub fn new(db: &'a C) -> Self {
         SystemRepository { db }

@@ -30,7 +30,7 @@ use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, TransactionTrait, UpdateMany,
+    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, UpdateMany,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, NullOrdering, SelectStatement},
 };
 use serde::{Deserialize, Serialize};
@@ -42,7 +42,8 @@ use crate::context::RequestContext;
 use crate::error::{Error, Result, TaskAction};
 use crate::page::{self, Page, PageRequest};
 use crate::tx::name_refusal;
-use crate::{now, scope, tenant_transaction, validate};
+use crate::tx::{Connection, Txn};
+use crate::{now, scope, tenant_read, tenant_transaction, validate};
 
 /// The foreign key a task naming a user outside the tenant as assignee violates.
 pub const ASSIGNEE_FKEY: &str = "tasks_tenant_id_assigned_user_id_fkey";
@@ -266,7 +267,7 @@ pub struct TaskRepository<'a, C> {
     db: &'a C,
 }
 
-impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
+impl<'a, C: Connection> TaskRepository<'a, C> {
     /// A repository on `db`, a pool or a transaction.
     pub fn new(db: &'a C) -> Self {
         TaskRepository { db }
@@ -357,7 +358,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
     /// [`Error::Db`].
     pub async fn find_by_id(&self, ctx: &RequestContext, id: Uuid) -> Result<Option<tasks::Model>> {
         let query = scope::find::<tasks::Entity>(ctx).filter(tasks::Column::Id.eq(id));
-        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// A user's inbox: the tasks waiting to be claimed (created, assigned or escalated) that are
@@ -381,7 +382,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             query = query.filter(after_inbox_cursor(after));
         }
         let query = inbox_order(query).limit(page.fetch()?);
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, InboxCursor::of))
     }
 
@@ -402,7 +403,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             .filter(tasks::Column::WorkflowId.eq(workflow_id))
             .filter(tasks::Column::WorkflowRunId.eq(workflow_run_id));
         let query = page::by_id(query, tasks::Column::Id, page)?;
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |task| task.id))
     }
 
@@ -425,7 +426,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             .filter(status_in(&[status]))
             .order_by_asc(tasks::Column::Status);
         let query = page::by_id(query, tasks::Column::Id, page)?;
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |task| task.id))
     }
 
@@ -462,7 +463,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             .order_by_asc(tasks::Column::SlaDeadline)
             .order_by_asc(tasks::Column::Id)
             .limit(page.fetch()?);
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |task| OverdueCursor {
             // Always set: the query only returns tasks with a deadline.
             sla_deadline: task.sla_deadline.unwrap_or(task.created_at),
@@ -483,7 +484,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
             .filter(task_history::Column::TaskId.eq(task_id))
             .order_by_asc(task_history::Column::CreatedAt)
             .order_by_asc(task_history::Column::Id);
-        tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
     }
 
     /// Assigns (or reassigns) a task that is not claimed: it becomes `ASSIGNED` to `assign_to`.
@@ -884,7 +885,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> TaskRepository<'a, C> {
         assign_to: AssignTo,
         conversation_id: Option<Uuid>,
     ) -> Result<T> {
-        let lookup = async |txn: &C::Transaction| {
+        let lookup = async |txn: &Txn| {
             if let Some(user) = assign_to.user_id {
                 let found = scope::find::<users::Entity>(ctx)
                     .filter(users::Column::Id.eq(user))

@@ -3,8 +3,8 @@
 
 use orkestra_entity::{sea_orm_active_enums::TenantStatus, tenants};
 use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter,
-    TransactionTrait, UpdateMany, sea_query::Expr,
+    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter, UpdateMany,
+    sea_query::Expr,
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
 use crate::scope::system;
+use crate::tx::Connection;
 use crate::{now, system_transaction, validate};
 
 /// The unique constraint a duplicate slug violates.
@@ -59,7 +60,7 @@ pub struct TenantRepository<'a, C> {
     db: &'a C,
 }
 
-impl<'a, C: ConnectionTrait + TransactionTrait> TenantRepository<'a, C> {
+impl<'a, C: Connection> TenantRepository<'a, C> {
     /// A repository on `db`, a pool or a transaction.
     pub fn new(db: &'a C) -> Self {
         TenantRepository { db }

@@ -1,11 +1,238 @@
 //! Transactions that compose: a closure runs in a transaction on a pool, or in a savepoint inside a
 //! caller's transaction.
 
-use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionSession, TransactionTrait};
+use std::future::Future;
+
+use sea_orm::{
+    ConnectionTrait, DatabaseConnection, DatabaseConnectionType, DatabaseTransaction, DbBackend,
+    DbErr, ExecResult, QueryResult, Statement, TransactionTrait,
+};
 use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::error::{Error, Result};
+use crate::pg_txn::PgTxn;
+
+/// What the repositories and the transaction helpers run on: a pool
+/// ([`DatabaseConnection`]), a caller's SeaORM transaction ([`DatabaseTransaction`]), or a
+/// transaction of this crate ([`Txn`], what the helpers hand their closures).
+///
+/// On a PostgreSQL pool the transaction begins on sqlx directly, with its tenant binding in the
+/// same message (one round trip; see `pg_txn.rs` for why SeaORM's own begin cannot do that). On
+/// SQLite, on a mock and inside a caller's transaction it is SeaORM's transaction (a savepoint
+/// inside one), bound by a statement of its own.
+pub trait Connection: ConnectionTrait + Send + Sync {
+    /// Begins a transaction (a savepoint inside a transaction), bound to `tenant` when given (on
+    /// PostgreSQL; SQLite has no setting to bind). Repository code goes through
+    /// [`transaction`], [`tenant_transaction`] or [`system_transaction`] instead.
+    ///
+    /// # Errors
+    /// [`Error::PoolTimeout`] when no connection frees up in time; [`Error::Db`] when the
+    /// transaction cannot begin or the tenant cannot be bound.
+    fn begin_txn(&self, tenant: Option<Uuid>) -> impl Future<Output = Result<Txn>> + Send;
+}
+
+/// A transaction begun by this crate: what [`transaction`], [`tenant_transaction`] and
+/// [`system_transaction`] hand their closures. It runs SeaORM's statements like a
+/// [`DatabaseTransaction`] ([`ConnectionTrait`]), and repositories work on it ([`Connection`]),
+/// each call a savepoint inside it.
+///
+/// Dropped before it is committed, it rolls back: on PostgreSQL the rollback is queued on the
+/// connection and sent before the connection is used again.
+pub struct Txn {
+    inner: Inner,
+}
+
+enum Inner {
+    /// SeaORM's transaction: SQLite, mocks, and savepoints inside a caller's SeaORM transaction.
+    Sea(DatabaseTransaction),
+    /// A PostgreSQL transaction begun on sqlx (a savepoint inside one).
+    Pg(PgTxn),
+}
+
+impl std::fmt::Debug for Txn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.inner {
+            Inner::Sea(_) => "Txn(sea-orm)",
+            Inner::Pg(_) => "Txn(postgres)",
+        })
+    }
+}
+
+impl From<DatabaseTransaction> for Txn {
+    /// Wraps a SeaORM transaction the caller began (and bound, if it must be).
+    fn from(txn: DatabaseTransaction) -> Txn {
+        Txn {
+            inner: Inner::Sea(txn),
+        }
+    }
+}
+
+impl Txn {
+    /// Commits the transaction (releases the savepoint).
+    ///
+    /// # Errors
+    /// [`Error::Db`] when the database refuses the commit or the connection fails.
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            Inner::Sea(txn) => Ok(txn.commit().await?),
+            Inner::Pg(txn) => Ok(txn.commit().await?),
+        }
+    }
+
+    /// Rolls the transaction back (to the savepoint).
+    ///
+    /// # Errors
+    /// [`Error::Db`] when the connection fails (on SQLite and mocks; on PostgreSQL the rollback
+    /// is queued on the connection and cannot fail here).
+    pub async fn rollback(self) -> Result<()> {
+        match self.inner {
+            Inner::Sea(txn) => Ok(txn.rollback().await?),
+            Inner::Pg(txn) => {
+                txn.end_without_waiting();
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends a transaction that only read. On PostgreSQL nothing is waited for: its `ROLLBACK`
+    /// (which ends a read like a `COMMIT`) travels with the connection's release, and the rows
+    /// reach the caller one round trip sooner. Elsewhere it commits.
+    async fn end_read(self) -> Result<()> {
+        match self.inner {
+            Inner::Sea(txn) => Ok(txn.commit().await?),
+            Inner::Pg(txn) => {
+                txn.end_without_waiting();
+                Ok(())
+            }
+        }
+    }
+}
+
+/// SeaORM's begin, then the binding as a statement of its own.
+async fn begin_sea<C>(db: &C, tenant: Option<Uuid>) -> Result<Txn>
+where
+    C: TransactionTrait<Transaction = DatabaseTransaction> + Sync,
+{
+    let txn = db.begin().await?;
+    if let Some(tenant) = tenant {
+        bind_tenant(&txn, tenant).await?;
+    }
+    Ok(Txn::from(txn))
+}
+
+impl Connection for DatabaseConnection {
+    async fn begin_txn(&self, tenant: Option<Uuid>) -> Result<Txn> {
+        match &self.inner {
+            DatabaseConnectionType::SqlxPostgresPoolConnection(_) => Ok(Txn {
+                inner: Inner::Pg(PgTxn::begin(self.get_postgres_connection_pool(), tenant).await?),
+            }),
+            _ => begin_sea(self, tenant).await,
+        }
+    }
+}
+
+impl Connection for DatabaseTransaction {
+    async fn begin_txn(&self, tenant: Option<Uuid>) -> Result<Txn> {
+        begin_sea(self, tenant).await
+    }
+}
+
+impl Connection for Txn {
+    async fn begin_txn(&self, tenant: Option<Uuid>) -> Result<Txn> {
+        match &self.inner {
+            Inner::Sea(txn) => begin_sea(txn, tenant).await,
+            Inner::Pg(txn) => Ok(Txn {
+                inner: Inner::Pg(txn.savepoint(tenant).await?),
+            }),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Txn {
+    fn get_database_backend(&self) -> DbBackend {
+        match &self.inner {
+            Inner::Sea(txn) => txn.get_database_backend(),
+            Inner::Pg(_) => DbBackend::Postgres,
+        }
+    }
+
+    #[allow(clippy::disallowed_methods)] // Passes on the caller's statement.
+    async fn execute_raw(&self, stmt: Statement) -> std::result::Result<ExecResult, DbErr> {
+        match &self.inner {
+            Inner::Sea(txn) => txn.execute_raw(stmt).await,
+            Inner::Pg(txn) => txn.execute(stmt).await,
+        }
+    }
+
+    #[allow(clippy::disallowed_methods)] // Passes on the caller's statement.
+    async fn execute_unprepared(&self, sql: &str) -> std::result::Result<ExecResult, DbErr> {
+        match &self.inner {
+            Inner::Sea(txn) => txn.execute_unprepared(sql).await,
+            Inner::Pg(txn) => txn.execute_unprepared(sql).await,
+        }
+    }
+
+    #[allow(clippy::disallowed_methods)] // Passes on the caller's statement.
+    async fn query_one_raw(
+        &self,
+        stmt: Statement,
+    ) -> std::result::Result<Option<QueryResult>, DbErr> {
+        match &self.inner {
+            Inner::Sea(txn) => txn.query_one_raw(stmt).await,
+            Inner::Pg(txn) => txn.query_one(stmt).await,
+        }
+    }
+
+    #[allow(clippy::disallowed_methods)] // Passes on the caller's statement.
+    async fn query_all_raw(&self, stmt: Statement) -> std::result::Result<Vec<QueryResult>, DbErr> {
+        match &self.inner {
+            Inner::Sea(txn) => txn.query_all_raw(stmt).await,
+            Inner::Pg(txn) => txn.query_all(stmt).await,
+        }
+    }
+
+    fn is_mock_connection(&self) -> bool {
+        match &self.inner {
+            Inner::Sea(txn) => txn.is_mock_connection(),
+            Inner::Pg(_) => false,
+        }
+    }
+}
+
+/// How a transaction of the helpers ends when its closure succeeds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    Commit,
+    /// The closure only read: see [`Txn::end_read`].
+    Read,
+}
+
+/// Begins, runs `f`, and ends: as `end` says on `Ok`, rolled back on `Err` (on PostgreSQL without
+/// waiting: nothing of a failed call is left for the caller to wait for).
+async fn run<C, F, T>(db: &C, tenant: Option<Uuid>, end: End, f: F) -> Result<T>
+where
+    C: Connection,
+    F: AsyncFnOnce(&Txn) -> Result<T>,
+{
+    let txn = db.begin_txn(tenant).await?;
+    match f(&txn).await {
+        Ok(value) => {
+            match end {
+                End::Commit => txn.commit().await?,
+                End::Read => txn.end_read().await?,
+            }
+            Ok(value)
+        }
+        Err(error) => {
+            // The caller's error is the one that matters: a rollback that fails (the connection
+            // is gone) has undone the work just the same.
+            let _ = txn.rollback().await;
+            Err(error)
+        }
+    }
+}
 
 /// Runs `f` in a transaction on `db`: commits when it returns `Ok`, rolls back when it returns
 /// `Err` (or panics). When `db` is itself a transaction, `f` runs in a savepoint, so repository
@@ -28,26 +255,14 @@ use crate::error::{Error, Result};
 /// ```
 ///
 /// # Errors
-/// What `f` returns, or [`Error::Db`](crate::Error::Db) when the transaction cannot begin or
-/// commit.
+/// What `f` returns; [`Error::PoolTimeout`] when no connection frees up in time;
+/// [`Error::Db`] when the transaction cannot begin or commit.
 pub async fn transaction<C, F, T>(db: &C, f: F) -> Result<T>
 where
-    C: TransactionTrait,
-    F: AsyncFnOnce(&C::Transaction) -> Result<T>,
+    C: Connection,
+    F: AsyncFnOnce(&Txn) -> Result<T>,
 {
-    let txn = db.begin().await?;
-    match f(&txn).await {
-        Ok(value) => {
-            txn.commit().await?;
-            Ok(value)
-        }
-        Err(error) => {
-            // The caller's error is the one that matters: a rollback that fails (the connection
-            // is gone) has undone the work just the same.
-            let _ = txn.rollback().await;
-            Err(error)
-        }
-    }
+    run(db, None, End::Commit, f).await
 }
 
 /// Runs `f` in a transaction (a savepoint inside a caller's) confined to the context's tenant.
@@ -85,14 +300,26 @@ where
 /// tenant cannot be set, or the transaction cannot commit.
 pub async fn tenant_transaction<C, F, T>(db: &C, ctx: &RequestContext, f: F) -> Result<T>
 where
-    C: TransactionTrait,
-    F: AsyncFnOnce(&C::Transaction) -> Result<T>,
+    C: Connection,
+    F: AsyncFnOnce(&Txn) -> Result<T>,
 {
-    transaction(db, async |txn| {
-        bind_tenant(txn, ctx.tenant_id()).await?;
-        f(txn).await
-    })
-    .await
+    run(db, Some(ctx.tenant_id()), End::Commit, f).await
+}
+
+/// [`tenant_transaction`] for work that only reads: the same transaction, bound the same way, but
+/// on a PostgreSQL pool its end is not waited for (see [`Txn`]): the caller has its rows after two
+/// round trips (the begin with the binding, the query). Use it only when `f` writes nothing; a
+/// write in it would be rolled back.
+///
+/// # Errors
+/// What `f` returns; [`Error::PoolTimeout`] when no connection frees up in time;
+/// [`Error::Db`] when the transaction cannot begin or the tenant cannot be set.
+pub async fn tenant_read<C, F, T>(db: &C, ctx: &RequestContext, f: F) -> Result<T>
+where
+    C: Connection,
+    F: AsyncFnOnce(&Txn) -> Result<T>,
+{
+    run(db, Some(ctx.tenant_id()), End::Read, f).await
 }
 
 /// The statement that binds a transaction to `tenant`: `SET LOCAL app.tenant_id = '<uuid>'`.
@@ -131,17 +358,17 @@ pub(crate) async fn name_refusal<C, T>(
     db: &C,
     ctx: &RequestContext,
     result: Result<T>,
-    lookup: impl AsyncFnOnce(&C::Transaction) -> Result<Option<&'static str>>,
+    lookup: impl AsyncFnOnce(&Txn) -> Result<Option<&'static str>>,
     fallback: &'static str,
 ) -> Result<T>
 where
-    C: TransactionTrait,
+    C: Connection,
 {
     let error = match result {
         Err(error) if error.is_unnamed_reference() => error,
         other => return other,
     };
-    match tenant_transaction(db, ctx, lookup).await {
+    match tenant_read(db, ctx, lookup).await {
         Ok(constraint) => Err(Error::Reference {
             constraint: constraint.unwrap_or(fallback).to_owned(),
         }),
@@ -164,8 +391,8 @@ where
 /// system-level work; [`Error::Db`](crate::Error::Db) when the transaction cannot begin or commit.
 pub async fn system_transaction<C, F, T>(db: &C, f: F) -> Result<T>
 where
-    C: TransactionTrait,
-    F: AsyncFnOnce(&C::Transaction) -> Result<T>,
+    C: Connection,
+    F: AsyncFnOnce(&Txn) -> Result<T>,
 {
     transaction(db, async |txn| {
         check_system_role(txn).await?;

@@ -4,17 +4,15 @@ use orkestra_entity::{
     sea_orm_active_enums::{UserRole, UserStatus},
     users,
 };
-use sea_orm::{
-    ActiveModelTrait, ActiveValue::Set, ColumnTrait, ConnectionTrait, QueryFilter,
-    TransactionTrait, sea_query::Expr,
-};
+use sea_orm::{ActiveModelTrait, ActiveValue::Set, ColumnTrait, QueryFilter, sea_query::Expr};
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
-use crate::{now, scope, tenant_transaction, validate};
+use crate::tx::Connection;
+use crate::{now, scope, tenant_read, tenant_transaction, validate};
 
 /// The unique constraint a duplicate email violates.
 pub const EMAIL_KEY: &str = "users_tenant_id_email_key";
@@ -72,7 +70,7 @@ pub struct UserRepository<'a, C> {
     db: &'a C,
 }
 
-impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
+impl<'a, C: Connection> UserRepository<'a, C> {
     /// A repository on `db`, a pool or a transaction.
     pub fn new(db: &'a C) -> Self {
         UserRepository { db }
@@ -117,7 +115,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
     /// [`Error::Db`].
     pub async fn find_by_id(&self, ctx: &RequestContext, id: Uuid) -> Result<Option<users::Model>> {
         let query = scope::find::<users::Entity>(ctx).filter(users::Column::Id.eq(id));
-        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// The user with this email (compared trimmed and lower-cased) in the context's tenant, if any.
@@ -131,7 +129,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
     ) -> Result<Option<users::Model>> {
         let email = validate::email(email)?;
         let query = scope::find::<users::Entity>(ctx).filter(users::Column::Email.eq(email));
-        tenant_transaction(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
     }
 
     /// A page of the tenant's users matching `filter`, in creation order (ids are UUIDv7).
@@ -152,7 +150,7 @@ impl<'a, C: ConnectionTrait + TransactionTrait> UserRepository<'a, C> {
             query = query.filter(users::Column::Status.eq(status.clone()));
         }
         let query = page::by_id(query, users::Column::Id, page)?;
-        let rows = tenant_transaction(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
         Ok(Page::from_rows(rows, page.limit, |user| user.id))
     }
 

@@ -11,8 +11,11 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
 use orkestra_migration::{APP_ROLE, Migrator, MigratorTrait, SYSTEM_ROLE};
+use orkestra_repository::tx::bind_tenant_sql;
+use orkestra_repository::{Connection, Txn};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, Statement,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DbBackend, DbErr, ExecResult,
+    QueryResult, Statement, TransactionTrait,
 };
 use tokio::sync::OnceCell;
 
@@ -368,7 +371,7 @@ pub async fn explain(db: &impl ConnectionTrait, statement: &Statement) -> Result
 pub async fn recording(
     url: &str,
     role: &str,
-) -> anyhow::Result<(DatabaseConnection, Arc<Mutex<Vec<Statement>>>)> {
+) -> anyhow::Result<(Recording, Arc<Mutex<Vec<Statement>>>)> {
     let mut options = ConnectOptions::new(url_as(url, role)?);
     options.max_connections(1).sqlx_logging(false);
     let mut conn = Database::connect(options).await?;
@@ -379,5 +382,56 @@ pub async fn recording(
             .expect("an unpoisoned log")
             .push(info.statement.clone());
     });
-    Ok((conn, sent))
+    Ok((Recording { conn }, sent))
+}
+
+/// A pool whose statements sea-orm records ([`recording`]). The repository begins its own
+/// transactions on a PostgreSQL pool, past sea-orm's metric callback; on this pool they are
+/// sea-orm's transactions, bound by a `SET LOCAL` of their own, so every statement of a call is
+/// recorded. The statements are the same either way; only the begin differs.
+pub struct Recording {
+    conn: DatabaseConnection,
+}
+
+impl Recording {
+    /// Closes the pool.
+    ///
+    /// # Errors
+    /// When the pool fails to close.
+    pub async fn close(self) -> Result<(), DbErr> {
+        self.conn.close().await
+    }
+}
+
+impl Connection for Recording {
+    async fn begin_txn(&self, tenant: Option<uuid::Uuid>) -> orkestra_repository::Result<Txn> {
+        let txn = self.conn.begin().await?;
+        if let Some(tenant) = tenant {
+            txn.execute_unprepared(&bind_tenant_sql(tenant)).await?;
+        }
+        Ok(Txn::from(txn))
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for Recording {
+    fn get_database_backend(&self) -> DbBackend {
+        self.conn.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.conn.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.conn.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.conn.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.conn.query_all_raw(stmt).await
+    }
 }
