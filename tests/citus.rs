@@ -788,6 +788,74 @@ async fn tenant_writes_commit_in_one_phase() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A repository call on a pool begins its transaction and binds its tenant in one message
+/// (`BEGIN; SELECT orkestra_bind_tenant(...)`): the coordinator forwards the binding to the worker
+/// as the `SET LOCAL` alone, so the worker sees the tenant and warns of nothing. (A message
+/// `BEGIN; SET LOCAL ...` would be replayed whole, and each worker would warn that a transaction is
+/// already in progress.)
+#[tokio::test]
+async fn one_message_begins_and_binds_the_tenant_on_the_worker_without_warnings()
+-> anyhow::Result<()> {
+    let db = TestDb::postgres_only().await?;
+    notices();
+    let tenant = TenantRepository::new(db.conn())
+        .create(NewTenant::new("Acme", "acme"))
+        .await?
+        .id;
+    let ctx = ctx(tenant);
+    let user = UserRepository::new(db.conn())
+        .create(&ctx, NewUser::new("ada@example.com", "Ada"))
+        .await?;
+    let task = TaskRepository::new(db.conn())
+        .create(
+            &ctx,
+            NewTask::new("wf", "run", "Approve", json!({})).assigned_to(AssignTo::user(user.id)),
+        )
+        .await?;
+    let app = logging_remote_commands(&db, pg::APP_LOGIN).await?;
+    let tasks = TaskRepository::new(&app);
+
+    let binding = format!("SET LOCAL app.tenant_id = '{tenant}'");
+    for (name, call) in [("find_by_id", 0), ("claim", 1)] {
+        notices().lock().expect("an unpoisoned log").clear();
+        match call {
+            0 => {
+                let found = tasks.find_by_id(&ctx, task.id).await?;
+                assert_eq!(
+                    found.map(|t| t.id),
+                    Some(task.id),
+                    "the worker saw the tenant"
+                );
+            }
+            _ => {
+                let claimed = tasks.claim(&ctx, task.id, user.id).await?;
+                assert_eq!(claimed.status, TaskStatus::Claimed);
+            }
+        }
+        let sent = std::mem::take(&mut *notices().lock().expect("an unpoisoned log"));
+        println!("{name}: {sent:#?}");
+        let opened = sent
+            .iter()
+            .find(|notice| notice.starts_with("issuing BEGIN"))
+            .unwrap_or_else(|| panic!("{name}: no worker transaction: {sent:#?}"));
+        assert!(
+            opened.contains(&binding),
+            "{name}: the worker's transaction is not bound: {opened}"
+        );
+        assert!(
+            !opened.contains("orkestra_bind_tenant") && opened.matches("BEGIN").count() == 1,
+            "{name}: the worker got more than the binding: {opened}"
+        );
+        assert!(
+            !sent
+                .iter()
+                .any(|notice| notice.contains("already a transaction in progress")),
+            "{name}: a worker warned: {sent:#?}"
+        );
+    }
+    Ok(())
+}
+
 /// `connect` refuses a coordinator that would not forward the tenant binding to the workers,
 /// instead of opening a pool on which every tenant looks empty.
 #[tokio::test]

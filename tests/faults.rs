@@ -221,3 +221,44 @@ async fn the_repository_recovers_from_a_server_restart_between_calls() -> anyhow
     println!("faults: server restarted between calls; the next call succeeded");
     Ok(())
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn calls_succeed_after_every_idle_connection_of_the_pool_was_terminated() -> anyhow::Result<()>
+{
+    let _turn = TURN.lock().await;
+    let db = TestDb::postgres_only().await?;
+    let (ctx, user, task) = tenant_with_task(&db).await?;
+    let pool = app_pool(&db, 3, Duration::from_secs(5)).await?;
+    let tasks = TaskRepository::new(&pool);
+    // Every connection the pool may hold is open and idle when the backends are terminated.
+    let open = [
+        pool.begin().await?,
+        pool.begin().await?,
+        pool.begin().await?,
+    ];
+    drop(open);
+    assert!(tasks.find_by_id(&ctx, task).await?.is_some());
+    let terminated = db
+        .conn()
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND usename = $1",
+            [pg::APP_LOGIN.into()],
+        ))
+        .await?
+        .expect("a row")
+        .try_get::<i64>("", "n")?;
+    assert_eq!(terminated, 3, "the pool's connections");
+    // The pool does not test a connection before handing it out: the read begins on a dead
+    // connection, then on the next, and succeeds on a new one.
+    assert!(tasks.find_by_id(&ctx, task).await?.is_some());
+    let claimed = tasks.claim(&ctx, task, user).await?;
+    assert_eq!(claimed.status, TaskStatus::Claimed);
+    println!("faults: {terminated} idle connections terminated; the next calls succeeded");
+    Ok(())
+}

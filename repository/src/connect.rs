@@ -75,9 +75,11 @@ impl DbConfig {
             .connect_timeout(self.connect_timeout)
             .idle_timeout(self.idle_timeout)
             .max_lifetime(self.max_lifetime)
-            // A connection the server dropped (restart, failover, `pg_terminate_backend`) is
-            // found dead when taken from the pool and replaced, so the process recovers by itself.
-            .test_before_acquire(true)
+            // No liveness check on the caller's path (it costs a round trip per call): on
+            // PostgreSQL a transaction whose begin finds its connection dead (restart, failover,
+            // `pg_terminate_backend`) begins again on another, so the process recovers by itself
+            // (pg_txn.rs); sqlx still checks each connection as it goes back to the pool.
+            .test_before_acquire(false)
             .sqlx_logging(true)
             .sqlx_logging_level(log::LevelFilter::Debug)
             .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, self.slow_statement);
