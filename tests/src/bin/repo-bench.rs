@@ -2,18 +2,24 @@
 //! and written by hand with sqlx (the sqlx sea-orm itself uses, `sea_orm::sqlx`), in the same run,
 //! on the same data, alternating which goes first. Both connect as the application role, so
 //! row-level security applies to both, and the hand-written version keeps the repository's
-//! guarantees: one transaction, `SET LOCAL app.tenant_id = ...` first, every statement naming
-//! its tenant, a guarded `UPDATE ... RETURNING` and its history row in the same transaction.
+//! guarantees at the fewest round trips sqlx allows: one transaction, begun with its tenant binding
+//! in one message (`BEGIN; SELECT orkestra_bind_tenant(...)`), every statement naming its tenant, a
+//! guarded `UPDATE ... RETURNING` and its history row in the same transaction, reads ended by
+//! dropping the transaction (sqlx sends the rollback when the connection goes back to the pool),
+//! and no liveness check before each call.
 //!
-//! It then counts what each operation sends on the wire, through a counting proxy between the
-//! pools and the server: statements (simple queries and extended-protocol executes, BEGIN, COMMIT,
-//! SAVEPOINT and the `SET LOCAL` included) and round trips (each simple query or `Sync`, the pool's
-//! liveness check included).
+//! With `--rtt MS` the pools reach the server through a proxy that delays each direction by half
+//! of MS, as a network between a service and its database would (`--rtt 0 --rtt 0.5`: a table for
+//! each). It then counts what each operation sends on the wire, through a counting proxy between
+//! the pools and the server: statements (simple queries and extended-protocol executes, BEGIN,
+//! COMMIT, SAVEPOINT and the binding included) and round trips (each simple query or `Sync`), on
+//! the caller's path (sent before the call returned) and after it (the release of the connection:
+//! sqlx's check, and the rollback of a read).
 //!
 //! `DATABASE_URL=postgres://... cargo run --release -p orkestra-tests --bin repo-bench -- [options]`
 //! (`just bench`): `--iterations N` (default 500), `--warmup N` (default 50), `--only NAME` (an
-//! operation whose name contains NAME), `--show-sql` (print the statements of one call of each
-//! side). It works in a database of its own and drops it.
+//! operation whose name contains NAME), `--rtt MS` (repeatable; default 0), `--show-sql` (print
+//! the statements of one call of each side). It works in a database of its own and drops it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -24,7 +30,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use chrono::{DateTime, FixedOffset, Utc};
 use orkestra_entity::{audit_events, messages, sea_orm_active_enums::TaskStatus, tasks};
-use orkestra_repository::tx::bind_tenant_sql;
 use orkestra_repository::{
     Actor, AssignTo, AuditQuery, AuditRepository, ConversationRepository, DbConfig,
     GroupRepository, NewAuditEvent, NewConversation, NewGroup, NewMessage, NewTask, NewTenant,
@@ -303,14 +308,13 @@ async fn repo_op(op: &str, env: &mut Env, db: &DatabaseConnection) -> anyhow::Re
     Ok(())
 }
 
-/// A transaction confined to `tenant`, as the repository opens one: BEGIN, then the setting, an
-/// unprepared `SET LOCAL` (the repository's own statement).
+/// A transaction confined to `tenant`, begun as the repository begins one: `BEGIN` and the
+/// binding in one message, which is as few round trips as sqlx allows.
 async fn begin(pool: &PgPool, tenant: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
-    let mut txn = pool.begin().await?;
-    sqlx::raw_sql(sqlx::AssertSqlSafe(bind_tenant_sql(tenant)))
-        .execute(&mut *txn)
-        .await?;
-    Ok(txn)
+    pool.begin_with(sqlx::AssertSqlSafe(format!(
+        "BEGIN; SELECT orkestra_bind_tenant('{tenant}')"
+    )))
+    .await
 }
 
 /// A task status from its label.
@@ -524,7 +528,8 @@ async fn hand_op(op: &str, env: &mut Env, pool: &PgPool) -> anyhow::Result<()> {
             .bind(PAGE as i64 + 1)
             .fetch_all(&mut *txn)
             .await?;
-            txn.commit().await?;
+            // A read: its end goes out with the connection's release.
+            drop(txn);
             let rows = rows.iter().map(task).collect::<anyhow::Result<Vec<_>>>()?;
             ensure!(page(rows).len() == PAGE as usize);
         }
@@ -541,7 +546,8 @@ async fn hand_op(op: &str, env: &mut Env, pool: &PgPool) -> anyhow::Result<()> {
             .bind(PAGE as i64 + 1)
             .fetch_all(&mut *txn)
             .await?;
-            txn.commit().await?;
+            // A read: its end goes out with the connection's release.
+            drop(txn);
             let rows = rows.iter().map(task).collect::<anyhow::Result<Vec<_>>>()?;
             ensure!(page(rows).len() == PAGE as usize);
         }
@@ -588,7 +594,8 @@ async fn hand_op(op: &str, env: &mut Env, pool: &PgPool) -> anyhow::Result<()> {
             .bind(PAGE as i64 + 1)
             .fetch_all(&mut *txn)
             .await?;
-            txn.commit().await?;
+            // A read: its end goes out with the connection's release.
+            drop(txn);
             let rows = rows
                 .iter()
                 .map(message)
@@ -676,7 +683,8 @@ async fn hand_op(op: &str, env: &mut Env, pool: &PgPool) -> anyhow::Result<()> {
             .bind(PAGE as i64 + 1)
             .fetch_all(&mut *txn)
             .await?;
-            txn.commit().await?;
+            // A read: its end goes out with the connection's release.
+            drop(txn);
             let rows = rows
                 .iter()
                 .map(audit_event)
@@ -705,7 +713,7 @@ impl Pools {
             .acquire_timeout(config.acquire_timeout)
             .idle_timeout(config.idle_timeout)
             .max_lifetime(config.max_lifetime)
-            .test_before_acquire(true)
+            .test_before_acquire(false)
             .connect(url)
             .await?;
         Ok(Pools { repo, hand })
@@ -881,7 +889,16 @@ fn spread(values: &[u64]) -> String {
 struct Counts {
     statements: String,
     round_trips: String,
+    /// Round trips after the call returned: the connection's release.
+    after: String,
     sql: Vec<String>,
+}
+
+impl Counts {
+    /// `statements/round trips (+ after)`.
+    fn show(&self) -> String {
+        format!("{}/{} (+{})", self.statements, self.round_trips, self.after)
+    }
 }
 
 async fn count(
@@ -895,16 +912,24 @@ async fn count(
     for _ in 0..COUNTED {
         pools.run(op, side, env).await?;
     }
-    let (mut statements, mut round_trips) = (Vec::new(), Vec::new());
+    // The release of a connection runs as a task of its own once the call has returned; this
+    // long is ample on loopback for it to finish.
+    let settle = Duration::from_millis(20);
+    tokio::time::sleep(settle).await;
+    let (mut statements, mut round_trips, mut after) = (Vec::new(), Vec::new(), Vec::new());
     let mut sql = Vec::new();
     for n in 0..COUNTED {
         let last = n + 1 == COUNTED;
         wire.keep_sql.store(last, Ordering::SeqCst);
         let before = wire.snapshot();
         pools.run(op, side, env).await?;
-        let after = wire.snapshot();
-        statements.push(after.0 - before.0);
-        round_trips.push(after.1 - before.1);
+        // The runtime has one thread: nothing else ran between the call's end and this.
+        let returned = wire.snapshot();
+        tokio::time::sleep(settle).await;
+        let settled = wire.snapshot();
+        statements.push(returned.0 - before.0);
+        round_trips.push(returned.1 - before.1);
+        after.push(settled.1 - returned.1);
         if last {
             wire.keep_sql.store(false, Ordering::SeqCst);
             sql = std::mem::take(&mut *wire.sql.lock().expect("not poisoned"));
@@ -913,6 +938,7 @@ async fn count(
     Ok(Counts {
         statements: spread(&statements),
         round_trips: spread(&round_trips),
+        after: spread(&after),
         sql,
     })
 }
@@ -928,6 +954,8 @@ struct Options {
     only: Option<String>,
     show_sql: bool,
     hold: Option<u64>,
+    /// Round trips the delaying proxy adds, in milliseconds: one table each.
+    rtts: Vec<f64>,
 }
 
 fn options() -> anyhow::Result<Options> {
@@ -937,6 +965,7 @@ fn options() -> anyhow::Result<Options> {
         only: None,
         show_sql: false,
         hold: None,
+        rtts: Vec::new(),
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -949,10 +978,15 @@ fn options() -> anyhow::Result<Options> {
             "--only" => options.only = Some(value("--only")?),
             "--show-sql" => options.show_sql = true,
             "--hold" => options.hold = Some(value("--hold")?.parse().context("--hold")?),
+            "--rtt" => {
+                let rtt: f64 = value("--rtt")?.parse().context("--rtt")?;
+                ensure!((0.0..=100.0).contains(&rtt), "--rtt is in milliseconds, 0 to 100");
+                options.rtts.push(rtt);
+            }
             "--help" | "-h" => {
                 println!(
-                    "repo-bench [--iterations N] [--warmup N] [--only NAME] [--show-sql] \
-                     [--hold SECONDS]\n\
+                    "repo-bench [--iterations N] [--warmup N] [--only NAME] [--rtt MS]... \
+                     [--show-sql] [--hold SECONDS]\n\
                      DATABASE_URL must name a PostgreSQL server where the role may create \
                      databases."
                 );
@@ -962,6 +996,9 @@ fn options() -> anyhow::Result<Options> {
         }
     }
     ensure!(options.iterations >= 2, "--iterations must be at least 2");
+    if options.rtts.is_empty() {
+        options.rtts.push(0.0);
+    }
     Ok(options)
 }
 
@@ -986,7 +1023,7 @@ async fn main() -> anyhow::Result<()> {
     ensure!(!operations.is_empty(), "no operation matches --only");
 
     let db = TestDb::postgres_only().await?;
-    let fresh = options.warmup + options.iterations + 2 * COUNTED;
+    let fresh = (options.warmup + options.iterations) * options.rtts.len() + 2 * COUNTED;
     let mut env = seed(&db, fresh).await?;
     if let Some(seconds) = options.hold {
         // For a look at the seeded database (EXPLAIN, psql) before it is dropped.
@@ -999,111 +1036,80 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_secs(seconds)).await;
     }
     let app_url = pg::url_as(db.url().context("a PostgreSQL database")?, pg::APP_LOGIN)?;
-    let pools = Pools::open(&app_url).await?;
-
-    // The counting pools reach the server through the proxy.
-    let mut proxied = url::Url::parse(&app_url)?;
+    let parsed = url::Url::parse(&app_url)?;
     let server = tokio::net::lookup_host((
-        proxied.host_str().context("a host")?.to_owned(),
-        proxied.port().unwrap_or(5432),
+        parsed.host_str().context("a host")?.to_owned(),
+        parsed.port().unwrap_or(5432),
     ))
     .await?
     .next()
     .context("the server's address")?;
+
+    // The counting pools reach the server through the counting proxy.
     let wire = Arc::new(Wire::default());
     let proxy = start_proxy(server, wire.clone()).await?;
-    proxied
-        .set_host(Some(&proxy.ip().to_string()))
-        .and_then(|()| {
-            proxied
-                .set_port(Some(proxy.port()))
-                .map_err(|()| url::ParseError::InvalidPort)
-        })?;
-    let counted = Pools::open(proxied.as_str()).await?;
+    let counted = Pools::open(&via(&app_url, proxy)?).await?;
+    let mut counts = Vec::new();
+    for op in &operations {
+        let repo = count(&counted, &wire, op, Side::Repo, &mut env).await?;
+        let hand = count(&counted, &wire, op, Side::Hand, &mut env).await?;
+        counts.push((repo, hand));
+    }
+    counted.repo.close().await?;
+    counted.hand.close().await;
 
-    println!(
-        "repository vs hand-written sqlx, as the application role (row-level security on): \
-         {TENANTS} tenants x {TASKS_PER_TENANT} tasks; {} iterations per side after {} warm-up, \
-         alternating; times in microseconds; stmts / round trips per call on the wire \
-         (BEGIN, SET LOCAL, COMMIT and the pool's liveness check on acquire included; sqlx also \
-         pings each connection as it returns to the pool, off the call's path); cpu: the median \
-         client CPU time of a call",
-        options.iterations, options.warmup
-    );
-    println!(
-        "{:<26} {:>9} {:>9} {:>9} {:>9} {:>7}   {:>11} {:>11}   {:>8} {:>8}",
-        "operation",
-        "repo p50",
-        "repo p99",
-        "hand p50",
-        "hand p99",
-        "ratio",
-        "repo st/rt",
-        "hand st/rt",
-        "repo cpu",
-        "hand cpu"
-    );
-    let mut shown = Vec::new();
-    for op in operations {
-        for round in 0..options.warmup {
-            let first = if round % 2 == 0 {
-                Side::Repo
-            } else {
-                Side::Hand
-            };
-            let second = if first == Side::Repo {
-                Side::Hand
-            } else {
-                Side::Repo
-            };
-            pools.run(op, first, &mut env).await?;
-            pools.run(op, second, &mut env).await?;
-        }
-        let (mut repo, mut hand) = (Vec::new(), Vec::new());
-        let (mut repo_cpu, mut hand_cpu) = (Vec::new(), Vec::new());
-        for round in 0..options.iterations {
-            // Alternate which goes first, so neither always runs on a warmer cache.
-            let order = if round % 2 == 0 {
-                [Side::Repo, Side::Hand]
-            } else {
-                [Side::Hand, Side::Repo]
-            };
-            for side in order {
-                let (took, cpu) = pools.run(op, side, &mut env).await?;
-                match side {
-                    Side::Repo => {
-                        repo.push(took);
-                        repo_cpu.push(cpu);
-                    }
-                    Side::Hand => {
-                        hand.push(took);
-                        hand_cpu.push(cpu);
-                    }
-                }
-            }
-        }
-        for times in [&mut repo, &mut hand, &mut repo_cpu, &mut hand_cpu] {
-            times.sort();
-        }
-        let repo_counts = count(&counted, &wire, op, Side::Repo, &mut env).await?;
-        let hand_counts = count(&counted, &wire, op, Side::Hand, &mut env).await?;
-        let (r50, h50) = (quantile(&repo, 0.5), quantile(&hand, 0.5));
+    for &rtt in &options.rtts {
+        // At 0 ms the pools connect directly; otherwise through the delaying proxy.
+        let url = if rtt > 0.0 {
+            let one_way = Duration::from_secs_f64(rtt / 2_000.0);
+            via(&app_url, delay::start(server, one_way)?)?
+        } else {
+            app_url.clone()
+        };
+        let pools = Pools::open(&url).await?;
         println!(
-            "{op:<26} {r50:>9.0} {:>9.0} {h50:>9.0} {:>9.0} {:>7.3}   {:>11} {:>11}   {:>8.0} {:>8.0}",
-            quantile(&repo, 0.99),
-            quantile(&hand, 0.99),
-            r50 / h50,
-            format!("{}/{}", repo_counts.statements, repo_counts.round_trips),
-            format!("{}/{}", hand_counts.statements, hand_counts.round_trips),
-            quantile(&repo_cpu, 0.5),
-            quantile(&hand_cpu, 0.5),
+            "\nrepository vs hand-written sqlx at a {rtt} ms round trip, as the application role \
+             (row-level security on): {TENANTS} tenants x {TASKS_PER_TENANT} tasks; {} iterations \
+             per side after {} warm-up, alternating; times in microseconds; stmts/round trips per \
+             call on the caller's path, (+ round trips after it returned: the connection's \
+             release); cpu: the median client CPU time of a call",
+            options.iterations, options.warmup
         );
-        shown.push((op, repo_counts.sql, hand_counts.sql));
+        println!(
+            "{:<26} {:>9} {:>9} {:>9} {:>9} {:>7}   {:>11} {:>11}   {:>8} {:>8}",
+            "operation",
+            "repo p50",
+            "repo p99",
+            "hand p50",
+            "hand p99",
+            "ratio",
+            "repo st/rt",
+            "hand st/rt",
+            "repo cpu",
+            "hand cpu"
+        );
+        for (op, (repo_counts, hand_counts)) in operations.iter().zip(&counts) {
+            let times = measure(&pools, op, &options, &mut env).await?;
+            let [repo, hand, repo_cpu, hand_cpu] = &times;
+            let (r50, h50) = (quantile(repo, 0.5), quantile(hand, 0.5));
+            println!(
+                "{op:<26} {r50:>9.0} {:>9.0} {h50:>9.0} {:>9.0} {:>7.3}   {:>11} {:>11}   {:>8.0} {:>8.0}",
+                quantile(repo, 0.99),
+                quantile(hand, 0.99),
+                r50 / h50,
+                repo_counts.show(),
+                hand_counts.show(),
+                quantile(repo_cpu, 0.5),
+                quantile(hand_cpu, 0.5),
+            );
+        }
+        pools.repo.close().await?;
+        pools.hand.close().await;
     }
     if options.show_sql {
-        for (op, repo, hand) in shown {
+        for (op, (repo, hand)) in operations.iter().zip(counts) {
             println!("\n== {op}");
-            for (side, sql) in [("repository", repo), ("hand-written", hand)] {
+            for (side, sql) in [("repository", repo.sql), ("hand-written", hand.sql)] {
                 println!("-- {side}");
                 for statement in sql {
                     let mut short: String = statement.chars().take(400).collect();
@@ -1115,9 +1121,128 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     }
-    pools.repo.close().await?;
-    pools.hand.close().await;
-    counted.repo.close().await?;
-    counted.hand.close().await;
     Ok(())
+}
+
+/// `url` with its host and port replaced by `proxy`'s.
+fn via(url: &str, proxy: SocketAddr) -> anyhow::Result<String> {
+    let mut proxied = url::Url::parse(url)?;
+    proxied
+        .set_host(Some(&proxy.ip().to_string()))
+        .and_then(|()| {
+            proxied
+                .set_port(Some(proxy.port()))
+                .map_err(|()| url::ParseError::InvalidPort)
+        })?;
+    Ok(proxied.into())
+}
+
+/// Times `op` on both sides: warm-up rounds, then `options.iterations` rounds alternating which
+/// side goes first. Sorted wall times (repository, hand-written), then sorted CPU times.
+async fn measure(
+    pools: &Pools,
+    op: &str,
+    options: &Options,
+    env: &mut Env,
+) -> anyhow::Result<[Vec<Duration>; 4]> {
+    for round in 0..options.warmup {
+        for side in order(round) {
+            pools.run(op, side, env).await?;
+        }
+    }
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    for round in 0..options.iterations {
+        // Alternate which goes first, so neither always runs on a warmer cache.
+        for side in order(round) {
+            let (took, cpu) = pools.run(op, side, env).await?;
+            let at = if side == Side::Repo { 0 } else { 1 };
+            times[at].push(took);
+            times[at + 2].push(cpu);
+        }
+    }
+    for series in &mut times {
+        series.sort();
+    }
+    Ok(times)
+}
+
+fn order(round: usize) -> [Side; 2] {
+    if round.is_multiple_of(2) {
+        [Side::Repo, Side::Hand]
+    } else {
+        [Side::Hand, Side::Repo]
+    }
+}
+
+/// A proxy that delays each direction by a fixed time, as a network would. It runs on threads of
+/// its own, off the benchmark's runtime thread (whose CPU time is measured), and forwards each
+/// chunk when its time comes, so that chunks in flight do not add up their delays. Tokio's timer
+/// counts in milliseconds, too coarse for a quarter of one: each chunk sleeps until shortly before
+/// it is due, then spins for the rest.
+mod delay {
+    use std::io::{Read, Write};
+    use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+    use std::sync::mpsc;
+    use std::thread;
+    use std::time::{Duration, Instant};
+
+    /// The sleep that overshoots least on Linux's default 50 µs timer slack; spun past.
+    const SPIN: Duration = Duration::from_micros(80);
+
+    /// Starts the proxy to `server`; its address.
+    pub fn start(server: SocketAddr, one_way: Duration) -> anyhow::Result<SocketAddr> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let address = listener.local_addr()?;
+        thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let Ok(upstream) = TcpStream::connect(server) else {
+                    continue;
+                };
+                for stream in [&client, &upstream] {
+                    let _ = stream.set_nodelay(true);
+                }
+                let pairs = client
+                    .try_clone()
+                    .and_then(|c| Ok((c, upstream.try_clone()?)));
+                if let Ok((client_2, upstream_2)) = pairs {
+                    pump(client, upstream, one_way);
+                    pump(upstream_2, client_2, one_way);
+                }
+            }
+        });
+        Ok(address)
+    }
+
+    /// Forwards `from` to `to`, each chunk `delay` after it was read.
+    fn pump(mut from: TcpStream, mut to: TcpStream, delay: Duration) {
+        let (send, receive) = mpsc::channel::<(Instant, Vec<u8>)>();
+        thread::spawn(move || {
+            let mut buffer = vec![0; 64 * 1024];
+            while let Ok(n @ 1..) = from.read(&mut buffer) {
+                if send.send((Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                    break;
+                }
+            }
+        });
+        thread::spawn(move || {
+            for (due, chunk) in receive {
+                wait_until(due);
+                if to.write_all(&chunk).is_err() {
+                    break;
+                }
+            }
+            let _ = to.shutdown(Shutdown::Write);
+        });
+    }
+
+    fn wait_until(due: Instant) {
+        let now = Instant::now();
+        if due > now + SPIN {
+            thread::sleep(due - now - SPIN);
+        }
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+    }
 }
