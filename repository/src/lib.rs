@@ -36,6 +36,7 @@ mod pg_txn;
 pub mod scope;
 pub mod system;
 pub mod tasks;
+mod template;
 pub mod tenants;
 #[cfg(test)]
 mod testing;

@@ -27,11 +27,14 @@ use orkestra_entity::{
     task_history, tasks, users,
 };
 use sea_orm::{
-    ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, EntityTrait, Order, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, UpdateMany,
-    sea_query::{Expr, ExprTrait, LockBehavior, LockType, NullOrdering, SelectStatement},
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
+    Iterable, Order, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
+    Statement, UpdateMany,
+    sea_query::{
+        Expr, ExprTrait, LockBehavior, LockType, NullOrdering, Query, ReturningClause,
+        SelectStatement, Value as SeaValue,
+    },
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -41,6 +44,7 @@ use crate::clock::utc;
 use crate::context::RequestContext;
 use crate::error::{Error, Result, TaskAction};
 use crate::page::{self, Page, PageRequest};
+use crate::template::{self, Template};
 use crate::tx::name_refusal;
 use crate::tx::{Connection, Txn};
 use crate::{now, scope, tenant_read, tenant_transaction, validate};
@@ -230,9 +234,9 @@ const ATTEMPTS: usize = 3;
 /// `(tenant_id, assigned_group_id)` for only the user's and the groups' tasks (a bitmap OR of two
 /// index scans). With `IN (subquery)` under the `OR`, PostgreSQL can only filter with the
 /// subquery, and read every task of the tenant to do it. SQLite keeps `IN`.
-fn group_match(db: &impl ConnectionTrait, groups: SelectStatement) -> Expr {
+fn group_match(backend: DbBackend, groups: SelectStatement) -> Expr {
     let column = Expr::col((tasks::Entity, tasks::Column::AssignedGroupId));
-    if db.get_database_backend() == DbBackend::Postgres {
+    if backend == DbBackend::Postgres {
         Expr::cust_with_exprs(
             "$1 = ANY(ARRAY($2))",
             [column, Expr::SubQuery(None, Box::new(groups.into()))],
@@ -244,13 +248,13 @@ fn group_match(db: &impl ConnectionTrait, groups: SelectStatement) -> Expr {
 
 /// The task is assigned to `user_id` or to one of the user's groups: what an inbox holds.
 fn assigned_to_user_or_groups(
-    db: &impl ConnectionTrait,
+    backend: DbBackend,
     ctx: &RequestContext,
     user_id: Uuid,
 ) -> Condition {
     Condition::any()
         .add(tasks::Column::AssignedUserId.eq(user_id))
-        .add(group_match(db, groups_of(ctx, user_id)))
+        .add(group_match(backend, groups_of(ctx, user_id)))
 }
 
 /// The inbox's order: soonest deadline first (tasks without one last), then oldest first.
@@ -313,32 +317,45 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         } else {
             TaskStatus::Created
         };
-        let at = now();
-        let model = tasks::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            tenant_id: Set(ctx.tenant_id()),
-            workflow_id: Set(workflow_id),
-            workflow_run_id: Set(workflow_run_id),
-            title: Set(title),
-            description: Set(description),
-            form_schema: Set(task.form_schema),
-            form_data: Set(None),
-            assigned_user_id: Set(assign_to.user_id),
-            assigned_group_id: Set(assign_to.group_id),
-            claimed_by: Set(None),
-            context: Set(context),
-            conversation_id: Set(task.conversation_id),
-            sla_deadline: Set(task.sla.as_ref().map(|sla| utc(sla.deadline))),
-            sla_config: Set(task.sla.map(|sla| sla.config)),
-            status: Set(status.clone()),
-            created_at: Set(at),
-            updated_at: Set(at),
-            completed_at: Set(None),
-            completed_by: Set(None),
+        let row = NewRow {
+            id: Uuid::now_v7(),
+            workflow_id,
+            workflow_run_id,
+            title,
+            description,
+            form_schema: task.form_schema,
+            assigned_user_id: assign_to.user_id,
+            assigned_group_id: assign_to.group_id,
+            context,
+            conversation_id: task.conversation_id,
+            sla_deadline: task.sla.as_ref().map(|sla| utc(sla.deadline)),
+            sla_config: task.sla.map(|sla| sla.config),
+            status: status.clone(),
+            at: now(),
         };
+        // One text per initial status (a status is an enum, not a value a sentinel can stand for).
+        static INSERT_ASSIGNED: Template = Template::new();
+        static INSERT_CREATED: Template = Template::new();
+        let insert = if status == TaskStatus::Assigned {
+            &INSERT_ASSIGNED
+        } else {
+            &INSERT_CREATED
+        };
+        let sentinels = NewRow::sentinels(status.clone());
+        let bind = row.bind(ctx, &sentinels);
 
         let created = tenant_transaction(self.db, ctx, async |txn| {
-            let created = model.insert(txn).await?;
+            let statement = insert.bind(
+                txn.get_database_backend(),
+                |backend, (ctx, row): &(RequestContext, NewRow)| row.insert_statement(backend, ctx),
+                &(template::ctx(), sentinels),
+                &(ctx.clone(), row),
+                bind,
+            );
+            let created = tasks::Model::find_by_statement(statement)
+                .one(txn)
+                .await?
+                .ok_or_else(|| DbErr::RecordNotInserted)?;
             let details = json!({
                 "status": status.as_str(),
                 "assigned_user_id": created.assigned_user_id,
@@ -375,14 +392,32 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         page: &PageRequest<InboxCursor>,
     ) -> Result<Page<tasks::Model, InboxCursor>> {
         page.after.as_ref().map(InboxCursor::check).transpose()?;
-        let mut query = scope::find::<tasks::Entity>(ctx)
-            .filter(status_in(&PENDING))
-            .filter(assigned_to_user_or_groups(self.db, ctx, user_id));
-        if let Some(after) = &page.after {
-            query = query.filter(after_inbox_cursor(after));
-        }
-        let query = inbox_order(query).limit(page.fetch()?);
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        // One text per cursor shape: none, after a deadline, after the tasks without one.
+        static FIRST: Template = Template::new();
+        static AFTER_DEADLINE: Template = Template::new();
+        static AFTER_NO_DEADLINE: Template = Template::new();
+        let args = PageArgs {
+            user: user_id,
+            at: None,
+            limit: page.fetch()?,
+            after: page.after.as_ref().map(|after| After {
+                deadline: after.sla_deadline.map(utc),
+                created_at: utc(after.created_at),
+                id: after.id,
+            }),
+        };
+        let text = match &args.after {
+            None => &FIRST,
+            Some(After {
+                deadline: Some(_), ..
+            }) => &AFTER_DEADLINE,
+            Some(After { deadline: None, .. }) => &AFTER_NO_DEADLINE,
+        };
+        let rows = tenant_read(self.db, ctx, async |txn| {
+            let statement = args.bind_to(text, txn.get_database_backend(), ctx, inbox_statement);
+            Ok(tasks::Model::find_by_statement(statement).all(txn).await?)
+        })
+        .await?;
         Ok(Page::from_rows(rows, page.limit, InboxCursor::of))
     }
 
@@ -444,26 +479,24 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     ) -> Result<Page<tasks::Model, OverdueCursor>> {
         validate::instant("now", now)?;
         page.after.as_ref().map(OverdueCursor::check).transpose()?;
-        let mut query = scope::find::<tasks::Entity>(ctx)
-            .filter(status_in(&TaskStatus::OPEN))
-            .filter(tasks::Column::SlaDeadline.lt(utc(now)));
-        if let Some(after) = &page.after {
-            query = query.filter(
-                Expr::tuple([
-                    Expr::col((tasks::Entity, tasks::Column::SlaDeadline)),
-                    Expr::col((tasks::Entity, tasks::Column::Id)),
-                ])
-                .gt(Expr::tuple([
-                    Expr::value(utc(after.sla_deadline)),
-                    Expr::value(after.id),
-                ])),
-            );
-        }
-        let query = query
-            .order_by_asc(tasks::Column::SlaDeadline)
-            .order_by_asc(tasks::Column::Id)
-            .limit(page.fetch()?);
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+        static FIRST: Template = Template::new();
+        static AFTER: Template = Template::new();
+        let args = PageArgs {
+            user: Uuid::nil(),
+            at: Some(utc(now)),
+            limit: page.fetch()?,
+            after: page.after.as_ref().map(|after| After {
+                deadline: Some(utc(after.sla_deadline)),
+                created_at: template::time(0),
+                id: after.id,
+            }),
+        };
+        let text = if args.after.is_some() { &AFTER } else { &FIRST };
+        let rows = tenant_read(self.db, ctx, async |txn| {
+            let statement = args.bind_to(text, txn.get_database_backend(), ctx, overdue_statement);
+            Ok(tasks::Model::find_by_statement(statement).all(txn).await?)
+        })
+        .await?;
         Ok(Page::from_rows(rows, page.limit, |task| OverdueCursor {
             // Always set: the query only returns tasks with a deadline.
             sla_deadline: task.sla_deadline.unwrap_or(task.created_at),
@@ -503,27 +536,28 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         assign_to: AssignTo,
     ) -> Result<tasks::Model> {
         assign_to.validate()?;
+        static WRITE: Template = Template::new();
         let change = Transition {
             action: TaskAction::Assign,
             from: &ASSIGNABLE,
             who: None,
             details: assign_to.details(),
             assign_to: Some(assign_to),
+            write: &WRITE,
+            set: |update, args| {
+                update
+                    .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
+                    .col_expr(tasks::Column::AssignedUserId, Expr::value(args.to_user))
+                    .col_expr(tasks::Column::AssignedGroupId, Expr::value(args.to_group))
+                    .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
+            },
         };
-        self.transition(ctx, id, change, |update| {
-            update
-                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
-                .col_expr(
-                    tasks::Column::AssignedUserId,
-                    Expr::value(assign_to.user_id),
-                )
-                .col_expr(
-                    tasks::Column::AssignedGroupId,
-                    Expr::value(assign_to.group_id),
-                )
-                .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
-        })
-        .await
+        let args = Args {
+            to_user: assign_to.user_id,
+            to_group: assign_to.group_id,
+            ..Args::new(id)
+        };
+        self.transition(ctx, args, change).await
     }
 
     /// Claims an assigned or escalated task for `user_id`, who must be active and either its
@@ -543,23 +577,29 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         id: Uuid,
         user_id: Uuid,
     ) -> Result<tasks::Model> {
+        static WRITE: Template = Template::new();
         let change = Transition {
             action: TaskAction::Claim,
             from: &CLAIMABLE,
             who: Some(Who {
-                condition: may_claim(ctx, user_id),
+                condition: |ctx, args| may_claim(ctx, args.user),
                 reason: "the user is not the assignee or a member of the assigned group, or is \
                          inactive",
             }),
             details: json!({ "user_id": user_id }),
             assign_to: None,
+            write: &WRITE,
+            set: |update, args| {
+                update
+                    .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Claimed))
+                    .col_expr(tasks::Column::ClaimedBy, Expr::value(args.user))
+            },
         };
-        self.transition(ctx, id, change, |update| {
-            update
-                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Claimed))
-                .col_expr(tasks::Column::ClaimedBy, Expr::value(user_id))
-        })
-        .await
+        let args = Args {
+            user: user_id,
+            ..Args::new(id)
+        };
+        self.transition(ctx, args, change).await
     }
 
     /// Claims the first task of the user's inbox that nobody else is claiming at this moment: the
@@ -589,7 +629,11 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
                 .select_only()
                 .column(tasks::Column::Id)
                 .filter(status_in(&CLAIMABLE))
-                .filter(assigned_to_user_or_groups(self.db, ctx, user_id))
+                .filter(assigned_to_user_or_groups(
+                    self.db.get_database_backend(),
+                    ctx,
+                    user_id,
+                ))
                 .filter(active_user(ctx, user_id)),
         )
         .limit(1)
@@ -649,22 +693,28 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         id: Uuid,
         user_id: Uuid,
     ) -> Result<tasks::Model> {
+        static WRITE: Template = Template::new();
         let change = Transition {
             action: TaskAction::Release,
             from: &[TaskStatus::Claimed],
             who: Some(Who {
-                condition: Condition::all().add(tasks::Column::ClaimedBy.eq(user_id)),
+                condition: |_, args| Condition::all().add(tasks::Column::ClaimedBy.eq(args.user)),
                 reason: "the task is claimed by another user",
             }),
             details: json!({ "user_id": user_id }),
             assign_to: None,
+            write: &WRITE,
+            set: |update, _| {
+                update
+                    .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
+                    .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
+            },
         };
-        self.transition(ctx, id, change, |update| {
-            update
-                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
-                .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
-        })
-        .await
+        let args = Args {
+            user: user_id,
+            ..Args::new(id)
+        };
+        self.transition(ctx, args, change).await
     }
 
     /// Completes a task with `form_data`, by `user_id`: the user who claimed it, or (without a
@@ -685,38 +735,46 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         form_data: Value,
     ) -> Result<tasks::Model> {
         validate::json_object("form_data", &form_data)?;
-        let holds_it = Condition::any()
-            .add(
-                Condition::all()
-                    .add(tasks::Column::Status.eq(TaskStatus::Claimed))
-                    .add(tasks::Column::ClaimedBy.eq(user_id)),
-            )
-            .add(
-                Condition::all()
-                    .add(tasks::Column::Status.eq(TaskStatus::Assigned))
-                    .add(tasks::Column::AssignedUserId.eq(user_id))
-                    .add(tasks::Column::AssignedGroupId.is_null()),
-            );
-        let who = active_user(ctx, user_id).add(holds_it);
+        static WRITE: Template = Template::new();
         let change = Transition {
             action: TaskAction::Complete,
             from: &[TaskStatus::Claimed, TaskStatus::Assigned],
             who: Some(Who {
-                condition: who,
+                condition: |ctx, args| {
+                    let holds_it = Condition::any()
+                        .add(
+                            Condition::all()
+                                .add(tasks::Column::Status.eq(TaskStatus::Claimed))
+                                .add(tasks::Column::ClaimedBy.eq(args.user)),
+                        )
+                        .add(
+                            Condition::all()
+                                .add(tasks::Column::Status.eq(TaskStatus::Assigned))
+                                .add(tasks::Column::AssignedUserId.eq(args.user))
+                                .add(tasks::Column::AssignedGroupId.is_null()),
+                        );
+                    active_user(ctx, args.user).add(holds_it)
+                },
                 reason: "the user neither claimed the task nor is its direct assignee, or is \
                          inactive",
             }),
             details: json!({ "user_id": user_id }),
             assign_to: None,
+            write: &WRITE,
+            set: |update, args| {
+                update
+                    .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Completed))
+                    .col_expr(tasks::Column::FormData, Expr::value(args.form_data.clone()))
+                    .col_expr(tasks::Column::CompletedBy, Expr::value(args.user))
+                    .col_expr(tasks::Column::CompletedAt, Expr::value(args.at))
+            },
         };
-        self.transition(ctx, id, change, |update| {
-            update
-                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Completed))
-                .col_expr(tasks::Column::FormData, Expr::value(form_data.clone()))
-                .col_expr(tasks::Column::CompletedBy, Expr::value(user_id))
-                .col_expr(tasks::Column::CompletedAt, Expr::value(now()))
-        })
-        .await
+        let args = Args {
+            user: user_id,
+            form_data: Some(form_data),
+            ..Args::new(id)
+        };
+        self.transition(ctx, args, change).await
     }
 
     /// Escalates an open task: it becomes `ESCALATED`, any claim is dropped, and it is reassigned
@@ -740,25 +798,36 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         if let Some(reason) = &reason {
             validate::json("reason", reason)?;
         }
+        // Two texts: with a reassignment and without.
+        static WRITE: Template = Template::new();
+        static WRITE_REASSIGNING: Template = Template::new();
         let change = Transition {
             action: TaskAction::Escalate,
             from: &TaskStatus::OPEN,
             who: None,
             details: json!({ "reason": reason, "to": to.map(|to| to.details()) }),
             assign_to: to,
+            write: if to.is_some() {
+                &WRITE_REASSIGNING
+            } else {
+                &WRITE
+            },
+            set: if to.is_some() {
+                |update, args| {
+                    escalate_set(update)
+                        .col_expr(tasks::Column::AssignedUserId, Expr::value(args.to_user))
+                        .col_expr(tasks::Column::AssignedGroupId, Expr::value(args.to_group))
+                }
+            } else {
+                |update, _| escalate_set(update)
+            },
         };
-        self.transition(ctx, id, change, |mut update| {
-            update = update
-                .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Escalated))
-                .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>));
-            if let Some(to) = to {
-                update = update
-                    .col_expr(tasks::Column::AssignedUserId, Expr::value(to.user_id))
-                    .col_expr(tasks::Column::AssignedGroupId, Expr::value(to.group_id));
-            }
-            update
-        })
-        .await
+        let args = Args {
+            to_user: to.and_then(|to| to.user_id),
+            to_group: to.and_then(|to| to.group_id),
+            ..Args::new(id)
+        };
+        self.transition(ctx, args, change).await
     }
 
     /// Marks an open task `EXPIRED` (its SLA passed).
@@ -766,17 +835,19 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     /// # Errors
     /// [`Error::NotFound`]; [`Error::InvalidTransition`] when the task is final; [`Error::Db`].
     pub async fn expire(&self, ctx: &RequestContext, id: Uuid) -> Result<tasks::Model> {
+        static WRITE: Template = Template::new();
         let change = Transition {
             action: TaskAction::Expire,
             from: &TaskStatus::OPEN,
             who: None,
             details: json!({}),
             assign_to: None,
+            write: &WRITE,
+            set: |update, _| {
+                update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Expired))
+            },
         };
-        self.transition(ctx, id, change, |update| {
-            update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Expired))
-        })
-        .await
+        self.transition(ctx, Args::new(id), change).await
     }
 
     /// Cancels an open task; `reason` goes to the history row.
@@ -792,17 +863,19 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         reason: Option<&str>,
     ) -> Result<tasks::Model> {
         let reason = validate::optional_text("reason", reason, validate::DESCRIPTION_MAX)?;
+        static WRITE: Template = Template::new();
         let change = Transition {
             action: TaskAction::Cancel,
             from: &TaskStatus::OPEN,
             who: None,
             details: json!({ "reason": reason }),
             assign_to: None,
+            write: &WRITE,
+            set: |update, _| {
+                update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Cancelled))
+            },
         };
-        self.transition(ctx, id, change, |update| {
-            update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Cancelled))
-        })
-        .await
+        self.transition(ctx, Args::new(id), change).await
     }
 
     /// One guarded write and its history row, in one transaction. On a miss, reads the task to say
@@ -813,22 +886,23 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     async fn transition(
         &self,
         ctx: &RequestContext,
-        id: Uuid,
-        change: Transition<'_>,
-        set: impl Fn(UpdateMany<tasks::Entity>) -> UpdateMany<tasks::Entity>,
+        args: Args,
+        change: Transition,
     ) -> Result<tasks::Model> {
+        let id = args.id;
+        let sentinels = Args::sentinels();
         let written = tenant_transaction(self.db, ctx, async |txn| {
+            let backend = txn.get_database_backend();
             let mut current = None;
             for _ in 0..ATTEMPTS {
-                let mut update = scope::update_many::<tasks::Entity>(ctx)
-                    .filter(tasks::Column::Id.eq(id))
-                    .filter(tasks::Column::Status.is_in(change.from.iter().cloned()));
-                if let Some(who) = &change.who {
-                    update = update.filter(who.condition.clone());
-                }
-                // Set here so that RETURNING shows it on SQLite too (PostgreSQL's trigger moves it on).
-                let update = set(update).col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
-                if let Some(task) = update.exec_with_returning(txn).await?.pop() {
+                let write = change.write.bind(
+                    backend,
+                    |backend, (ctx, args)| change.write_statement(backend, ctx, args),
+                    &(template::ctx(), sentinels.clone()),
+                    &(ctx.clone(), args.clone()),
+                    args.bind(ctx, &sentinels),
+                );
+                if let Some(task) = tasks::Model::find_by_statement(write).one(txn).await? {
                     let details = change.details.clone();
                     record(txn, ctx, &task, change.action.history_label(), details).await?;
                     return Ok(task);
@@ -848,7 +922,7 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
                 if let Some(who) = &change.who {
                     let allowed = scope::find::<tasks::Entity>(ctx)
                         .filter(tasks::Column::Id.eq(id))
-                        .filter(who.condition.clone())
+                        .filter((who.condition)(ctx, &args))
                         .count(txn)
                         .await?;
                     if allowed == 0 {
@@ -919,20 +993,114 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     }
 }
 
-/// A state change: the states it leaves, who may make it, what history records.
-struct Transition<'s> {
+/// A state change: the states it leaves, who may make it, what it writes, what history records.
+struct Transition {
     action: TaskAction,
-    from: &'s [TaskStatus],
+    from: &'static [TaskStatus],
     who: Option<Who>,
     details: Value,
     /// The assignment the change writes, for naming a refused reference.
     assign_to: Option<AssignTo>,
+    /// The guarded write's text, built once ([`Template`]).
+    write: &'static Template,
+    /// The columns the change sets, from the call's values.
+    set: fn(UpdateMany<tasks::Entity>, &Args) -> UpdateMany<tasks::Entity>,
+}
+
+impl Transition {
+    /// The guarded `UPDATE ... RETURNING` of the change: the task, in a state the change leaves,
+    /// for a user it allows.
+    fn write_statement(&self, backend: DbBackend, ctx: &RequestContext, args: &Args) -> Statement {
+        let mut update = scope::update_many::<tasks::Entity>(ctx)
+            .filter(tasks::Column::Id.eq(args.id))
+            .filter(tasks::Column::Status.is_in(self.from.iter().cloned()));
+        if let Some(who) = &self.who {
+            update = update.filter((who.condition)(ctx, args));
+        }
+        // Set here so that RETURNING shows it on SQLite too (PostgreSQL's trigger moves it on).
+        let update =
+            (self.set)(update, args).col_expr(tasks::Column::UpdatedAt, Expr::value(args.at));
+        let mut query = update.into_query();
+        query.returning(returning_all::<tasks::Entity>(backend));
+        backend.build(&query)
+    }
+}
+
+/// The values a change's write depends on besides the tenant: the call's, or the sentinels its
+/// text is built from.
+#[derive(Debug, Clone, PartialEq)]
+struct Args {
+    id: Uuid,
+    /// The acting user (claim, release, complete).
+    user: Uuid,
+    /// `updated_at`, and `completed_at` of a completion.
+    at: DateTime<FixedOffset>,
+    form_data: Option<Value>,
+    /// The assignment written (assign, escalate with a reassignment).
+    to_user: Option<Uuid>,
+    to_group: Option<Uuid>,
+}
+
+impl Args {
+    /// The values of a change of task `id`, now, by nobody in particular.
+    fn new(id: Uuid) -> Args {
+        Args {
+            id,
+            user: Uuid::nil(),
+            at: now(),
+            form_data: None,
+            to_user: None,
+            to_group: None,
+        }
+    }
+
+    fn sentinels() -> Args {
+        Args {
+            id: template::id(1),
+            user: template::id(2),
+            at: template::time(1),
+            form_data: Some(template::json(1)),
+            to_user: Some(template::id(3)),
+            to_group: Some(template::id(4)),
+        }
+    }
+
+    /// Each sentinel with the value of this call in its place.
+    fn bind(&self, ctx: &RequestContext, sentinels: &Args) -> [(SeaValue, SeaValue); 7] {
+        [
+            (template::id(0).into(), ctx.tenant_id().into()),
+            (sentinels.id.into(), self.id.into()),
+            (sentinels.user.into(), self.user.into()),
+            (sentinels.at.into(), self.at.into()),
+            (
+                sentinels.form_data.clone().into(),
+                self.form_data.clone().into(),
+            ),
+            (sentinels.to_user.into(), self.to_user.into()),
+            (sentinels.to_group.into(), self.to_group.into()),
+        ]
+    }
 }
 
 /// A condition on the user beyond the task's state, and how to explain its failure.
 struct Who {
-    condition: Condition,
+    condition: fn(&RequestContext, &Args) -> Condition,
     reason: &'static str,
+}
+
+/// An escalation's columns, before any reassignment.
+fn escalate_set(update: UpdateMany<tasks::Entity>) -> UpdateMany<tasks::Entity> {
+    update
+        .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Escalated))
+        .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
+}
+
+/// Every column of `E` as `RETURNING` lists them for a model (enums as text), as sea-orm's own
+/// `exec_with_returning` writes it.
+fn returning_all<E: EntityTrait>(backend: DbBackend) -> ReturningClause {
+    Query::returning().exprs(
+        E::Column::iter().map(|column| column.select_as(column.into_returning_expr(backend))),
+    )
 }
 
 /// `tasks.status IN ('A', 'B', ...)`, the labels written into the statement as literals.
@@ -982,16 +1150,16 @@ fn may_claim(ctx: &RequestContext, user_id: Uuid) -> Condition {
 }
 
 /// Rows after `cursor` in `(sla_deadline NULLS LAST, created_at, id)` order.
-fn after_inbox_cursor(cursor: &InboxCursor) -> Condition {
+fn after_inbox_cursor(cursor: &After) -> Condition {
     let later_in_same_deadline = Expr::tuple([
         Expr::col((tasks::Entity, tasks::Column::CreatedAt)),
         Expr::col((tasks::Entity, tasks::Column::Id)),
     ])
     .gt(Expr::tuple([
-        Expr::value(utc(cursor.created_at)),
+        Expr::value(cursor.created_at),
         Expr::value(cursor.id),
     ]));
-    match cursor.sla_deadline.map(utc) {
+    match cursor.deadline {
         Some(deadline) => Condition::any()
             .add(tasks::Column::SlaDeadline.gt(deadline))
             .add(tasks::Column::SlaDeadline.is_null())
@@ -1014,20 +1182,290 @@ async fn record(
     action: &str,
     details: Value,
 ) -> Result<()> {
-    let row = task_history::ActiveModel {
-        id: Set(Uuid::now_v7()),
-        tenant_id: Set(ctx.tenant_id()),
-        task_id: Set(task.id),
-        action: Set(action.to_owned()),
-        actor_type: Set(ctx.actor().kind().as_str().to_owned()),
-        actor_id: Set(ctx.actor().id().to_owned()),
-        details: Set(Some(details)),
-        created_at: Set(now()),
+    static INSERT: Template = Template::new();
+    let row = HistoryRow {
+        id: Uuid::now_v7(),
+        task_id: task.id,
+        action: action.to_owned(),
+        actor_type: ctx.actor().kind().as_str().to_owned(),
+        actor_id: ctx.actor().id().to_owned(),
+        details,
+        at: now(),
     };
-    task_history::Entity::insert(row)
-        .exec_without_returning(db)
-        .await?;
+    let sentinels = HistoryRow {
+        id: template::id(1),
+        task_id: template::id(2),
+        action: template::text(1),
+        actor_type: template::text(2),
+        actor_id: template::text(3),
+        details: template::json(1),
+        at: template::time(1),
+    };
+    let bind = [
+        (template::id(0).into(), ctx.tenant_id().into()),
+        (sentinels.id.into(), row.id.into()),
+        (sentinels.task_id.into(), row.task_id.into()),
+        (sentinels.action.clone().into(), row.action.clone().into()),
+        (
+            sentinels.actor_type.clone().into(),
+            row.actor_type.clone().into(),
+        ),
+        (
+            sentinels.actor_id.clone().into(),
+            row.actor_id.clone().into(),
+        ),
+        (sentinels.details.clone().into(), row.details.clone().into()),
+        (sentinels.at.into(), row.at.into()),
+    ];
+    let insert = INSERT.bind(
+        db.get_database_backend(),
+        |backend, (tenant, row): &(Uuid, HistoryRow)| row.insert_statement(backend, *tenant),
+        &(template::id(0), sentinels),
+        &(ctx.tenant_id(), row),
+        bind,
+    );
+    #[allow(clippy::disallowed_methods)]
+    // An insert, its tenant the context's (as scope.rs allows).
+    db.execute_raw(insert).await?;
     Ok(())
+}
+
+/// The values a page of tasks depends on besides the tenant: the call's, or the sentinels its
+/// text is built from.
+#[derive(Debug, Clone, PartialEq)]
+struct PageArgs {
+    /// Whose inbox.
+    user: Uuid,
+    /// The time an overdue page is overdue at.
+    at: Option<DateTime<FixedOffset>>,
+    /// Rows to fetch: the page and one more.
+    limit: u64,
+    after: Option<After>,
+}
+
+/// A cursor's values (UTC): the last row of the previous page.
+#[derive(Debug, Clone, PartialEq)]
+struct After {
+    deadline: Option<DateTime<FixedOffset>>,
+    created_at: DateTime<FixedOffset>,
+    id: Uuid,
+}
+
+impl PageArgs {
+    /// The sentinels of this call's shape (a cursor or none, with a deadline or without).
+    fn sentinels(&self) -> PageArgs {
+        PageArgs {
+            user: template::id(1),
+            at: Some(template::time(1)),
+            // No page is this long: limits stop at a few hundred.
+            limit: 4_000_000_001,
+            after: self.after.as_ref().map(|after| After {
+                deadline: after.deadline.map(|_| template::time(2)),
+                created_at: template::time(3),
+                id: template::id(2),
+            }),
+        }
+    }
+
+    /// The statement `build` makes for this call, from `text` (see [`Template`]).
+    fn bind_to(
+        &self,
+        text: &Template,
+        backend: DbBackend,
+        ctx: &RequestContext,
+        build: fn(DbBackend, &RequestContext, &PageArgs) -> Statement,
+    ) -> Statement {
+        let sentinels = self.sentinels();
+        let (s, after) = (&sentinels, self.after.as_ref());
+        let s_after = s.after.as_ref();
+        let bind = [
+            (template::id(0).into(), ctx.tenant_id().into()),
+            (s.user.into(), self.user.into()),
+            (s.at.into(), self.at.into()),
+            (s.limit.into(), self.limit.into()),
+            (
+                s_after.and_then(|a| a.deadline).into(),
+                after.and_then(|a| a.deadline).into(),
+            ),
+            (
+                s_after.map(|a| a.created_at).into(),
+                after.map(|a| a.created_at).into(),
+            ),
+            (s_after.map(|a| a.id).into(), after.map(|a| a.id).into()),
+        ];
+        text.bind(
+            backend,
+            |backend, (ctx, args)| build(backend, ctx, args),
+            &(template::ctx(), sentinels.clone()),
+            &(ctx.clone(), self.clone()),
+            bind,
+        )
+    }
+}
+
+/// A page of `args.user`'s inbox (see [`TaskRepository::find_pending_for_user`]).
+fn inbox_statement(backend: DbBackend, ctx: &RequestContext, args: &PageArgs) -> Statement {
+    let mut query = scope::find::<tasks::Entity>(ctx)
+        .filter(status_in(&PENDING))
+        .filter(assigned_to_user_or_groups(backend, ctx, args.user));
+    if let Some(after) = &args.after {
+        query = query.filter(after_inbox_cursor(after));
+    }
+    inbox_order(query).limit(args.limit).build(backend)
+}
+
+/// A page of the tasks overdue at `args.at` (see [`TaskRepository::overdue`]).
+fn overdue_statement(backend: DbBackend, ctx: &RequestContext, args: &PageArgs) -> Statement {
+    let mut query = scope::find::<tasks::Entity>(ctx)
+        .filter(status_in(&TaskStatus::OPEN))
+        .filter(tasks::Column::SlaDeadline.lt(args.at));
+    if let Some(after) = &args.after {
+        query = query.filter(
+            Expr::tuple([
+                Expr::col((tasks::Entity, tasks::Column::SlaDeadline)),
+                Expr::col((tasks::Entity, tasks::Column::Id)),
+            ])
+            .gt(Expr::tuple([
+                Expr::value(after.deadline),
+                Expr::value(after.id),
+            ])),
+        );
+    }
+    query
+        .order_by_asc(tasks::Column::SlaDeadline)
+        .order_by_asc(tasks::Column::Id)
+        .limit(args.limit)
+        .build(backend)
+}
+
+/// A new task's row, as [`TaskRepository::create`] inserts it.
+#[derive(Debug, Clone, PartialEq)]
+struct NewRow {
+    id: Uuid,
+    workflow_id: String,
+    workflow_run_id: String,
+    title: String,
+    description: Option<String>,
+    form_schema: Value,
+    assigned_user_id: Option<Uuid>,
+    assigned_group_id: Option<Uuid>,
+    context: Value,
+    conversation_id: Option<Uuid>,
+    sla_deadline: Option<DateTime<FixedOffset>>,
+    sla_config: Option<Value>,
+    status: TaskStatus,
+    at: DateTime<FixedOffset>,
+}
+
+impl NewRow {
+    fn sentinels(status: TaskStatus) -> NewRow {
+        NewRow {
+            id: template::id(1),
+            workflow_id: template::text(1),
+            workflow_run_id: template::text(2),
+            title: template::text(3),
+            description: Some(template::text(4)),
+            form_schema: template::json(1),
+            assigned_user_id: Some(template::id(2)),
+            assigned_group_id: Some(template::id(3)),
+            context: template::json(2),
+            conversation_id: Some(template::id(4)),
+            sla_deadline: Some(template::time(1)),
+            sla_config: Some(template::json(3)),
+            status,
+            at: template::time(2),
+        }
+    }
+
+    /// Each sentinel with this row's value in its place.
+    fn bind(&self, ctx: &RequestContext, sentinels: &NewRow) -> [(SeaValue, SeaValue); 14] {
+        let s = sentinels;
+        [
+            (template::id(0).into(), ctx.tenant_id().into()),
+            (s.id.into(), self.id.into()),
+            (
+                s.workflow_id.clone().into(),
+                self.workflow_id.clone().into(),
+            ),
+            (
+                s.workflow_run_id.clone().into(),
+                self.workflow_run_id.clone().into(),
+            ),
+            (s.title.clone().into(), self.title.clone().into()),
+            (
+                s.description.clone().into(),
+                self.description.clone().into(),
+            ),
+            (
+                s.form_schema.clone().into(),
+                self.form_schema.clone().into(),
+            ),
+            (s.assigned_user_id.into(), self.assigned_user_id.into()),
+            (s.assigned_group_id.into(), self.assigned_group_id.into()),
+            (s.context.clone().into(), self.context.clone().into()),
+            (s.conversation_id.into(), self.conversation_id.into()),
+            (s.sla_deadline.into(), self.sla_deadline.into()),
+            (s.sla_config.clone().into(), self.sla_config.clone().into()),
+            (s.at.into(), self.at.into()),
+        ]
+    }
+
+    /// `INSERT ... RETURNING` every column.
+    fn insert_statement(&self, backend: DbBackend, ctx: &RequestContext) -> Statement {
+        let model = tasks::ActiveModel {
+            id: Set(self.id),
+            tenant_id: Set(ctx.tenant_id()),
+            workflow_id: Set(self.workflow_id.clone()),
+            workflow_run_id: Set(self.workflow_run_id.clone()),
+            title: Set(self.title.clone()),
+            description: Set(self.description.clone()),
+            form_schema: Set(self.form_schema.clone()),
+            form_data: Set(None),
+            assigned_user_id: Set(self.assigned_user_id),
+            assigned_group_id: Set(self.assigned_group_id),
+            claimed_by: Set(None),
+            context: Set(self.context.clone()),
+            conversation_id: Set(self.conversation_id),
+            sla_deadline: Set(self.sla_deadline),
+            sla_config: Set(self.sla_config.clone()),
+            status: Set(self.status.clone()),
+            created_at: Set(self.at),
+            updated_at: Set(self.at),
+            completed_at: Set(None),
+            completed_by: Set(None),
+        };
+        let mut query = tasks::Entity::insert(model).into_query();
+        query.returning(returning_all::<tasks::Entity>(backend));
+        backend.build(&query)
+    }
+}
+
+/// A `task_history` row, as [`record`] writes it.
+#[derive(Debug, Clone, PartialEq)]
+struct HistoryRow {
+    id: Uuid,
+    task_id: Uuid,
+    action: String,
+    actor_type: String,
+    actor_id: String,
+    details: Value,
+    at: DateTime<FixedOffset>,
+}
+
+impl HistoryRow {
+    fn insert_statement(&self, backend: DbBackend, tenant: Uuid) -> Statement {
+        let row = task_history::ActiveModel {
+            id: Set(self.id),
+            tenant_id: Set(tenant),
+            task_id: Set(self.task_id),
+            action: Set(self.action.clone()),
+            actor_type: Set(self.actor_type.clone()),
+            actor_id: Set(self.actor_id.clone()),
+            details: Set(Some(self.details.clone())),
+            created_at: Set(self.at),
+        };
+        backend.build(&task_history::Entity::insert(row).into_query())
+    }
 }
 
 #[cfg(test)]
@@ -1321,8 +1759,8 @@ mod tests {
 
     #[test]
     fn the_inbox_cursor_orders_deadlines_before_none() {
-        let cursor = InboxCursor {
-            sla_deadline: None,
+        let cursor = After {
+            deadline: None,
             created_at: now(),
             id: Uuid::now_v7(),
         };

@@ -980,7 +980,10 @@ fn options() -> anyhow::Result<Options> {
             "--hold" => options.hold = Some(value("--hold")?.parse().context("--hold")?),
             "--rtt" => {
                 let rtt: f64 = value("--rtt")?.parse().context("--rtt")?;
-                ensure!((0.0..=100.0).contains(&rtt), "--rtt is in milliseconds, 0 to 100");
+                ensure!(
+                    (0.0..=100.0).contains(&rtt),
+                    "--rtt is in milliseconds, 0 to 100"
+                );
                 options.rtts.push(rtt);
             }
             "--help" | "-h" => {
@@ -1220,7 +1223,10 @@ mod delay {
         thread::spawn(move || {
             let mut buffer = vec![0; 64 * 1024];
             while let Ok(n @ 1..) = from.read(&mut buffer) {
-                if send.send((Instant::now() + delay, buffer[..n].to_vec())).is_err() {
+                if send
+                    .send((Instant::now() + delay, buffer[..n].to_vec()))
+                    .is_err()
+                {
                     break;
                 }
             }
