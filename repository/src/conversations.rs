@@ -5,12 +5,14 @@
 //! takes messages. Every state change is one guarded `UPDATE ... WHERE status ... RETURNING`, so a
 //! lost race or an illegal change writes nothing and names the state the conversation is in.
 
+use chrono::{DateTime, FixedOffset};
 use orkestra_entity::{conversations, messages, sea_orm_active_enums::ConversationStatus, tasks};
 use sea_orm::{
     ActiveModelTrait,
     ActiveValue::Set,
-    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    sea_query::{Expr, ExprTrait, Func, OnConflict},
+    ColumnTrait, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, QueryFilter,
+    QueryOrder, QuerySelect, QueryTrait, Statement,
+    sea_query::{Expr, ExprTrait, Func, OnConflict, Value as SeaValue},
 };
 use serde_json::Value;
 use uuid::Uuid;
@@ -18,6 +20,7 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest, TimeCursor};
+use crate::template::{self, Template, returning_all};
 use crate::tx::Connection;
 use crate::{clock, now, scope, tenant_read, tenant_transaction, validate};
 
@@ -254,35 +257,65 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         if let Some(metadata) = &message.metadata {
             validate::json_object("metadata", metadata)?;
         }
-        let metadata = message.metadata;
+        static TOUCH: Template = Template::new();
+        static INSERT: Template = Template::new();
+        let row = MessageRow {
+            conversation_id,
+            id: Uuid::now_v7(),
+            role,
+            content,
+            metadata: message.metadata,
+            touched_at: now(),
+            created_at: now(),
+        };
+        let sentinels = MessageRow {
+            conversation_id: template::id(1),
+            id: template::id(2),
+            role: template::text(1),
+            content: template::text(2),
+            metadata: Some(template::json(1)),
+            touched_at: template::time(1),
+            created_at: template::time(2),
+        };
         tenant_transaction(self.db, ctx, async |txn| {
+            let backend = txn.get_database_backend();
+            let mut row = row;
             // SQLite's RETURNING does not show what the AFTER trigger writes, so the statement moves
-            // `updated_at` itself; PostgreSQL's trigger moves it either way.
-            let touched = scope::update_many::<conversations::Entity>(ctx)
-                .col_expr(conversations::Column::UpdatedAt, Expr::value(now()))
-                .filter(conversations::Column::Id.eq(conversation_id))
-                .filter(conversations::Column::Status.eq(ConversationStatus::Active))
-                .exec_with_returning(txn)
-                .await?;
-            if touched.is_empty() {
+            // `updated_at` itself; PostgreSQL's trigger moves it either way. Only whether a row
+            // was touched matters here: the conversation is not read back.
+            let touch = TOUCH.bind(
+                backend,
+                |backend, (ctx, row): &(RequestContext, MessageRow)| {
+                    row.touch_statement(backend, ctx)
+                },
+                &(template::ctx(), sentinels.clone()),
+                &(ctx.clone(), row.clone()),
+                row.bind(ctx, &sentinels),
+            );
+            #[allow(clippy::disallowed_methods)]
+            // Built through scope::update_many (touch_statement).
+            let touched = txn.execute_raw(touch).await?;
+            if touched.rows_affected() == 0 {
                 return Err(refusal(txn, ctx, conversation_id, "append a message to").await);
             }
             // Taken after the update holds the conversation's row lock, so that on PostgreSQL messages
             // of one conversation from one service instance get `created_at` in the order they commit,
             // and a reader paging by `(created_at, id)` does not skip one committed late with an
             // earlier time. Instances whose clocks disagree can still interleave by their skew.
-            let created_at = now();
-            let message = messages::ActiveModel {
-                id: Set(Uuid::now_v7()),
-                tenant_id: Set(ctx.tenant_id()),
-                conversation_id: Set(conversation_id),
-                role: Set(role),
-                content: Set(content),
-                metadata: Set(metadata),
-                created_at: Set(created_at),
-            }
-            .insert(txn)
-            .await?;
+            row.created_at = now();
+            let insert = INSERT.bind(
+                backend,
+                |backend, (ctx, row): &(RequestContext, MessageRow)| {
+                    row.insert_statement(backend, ctx)
+                },
+                &(template::ctx(), sentinels.clone()),
+                &(ctx.clone(), row.clone()),
+                row.bind(ctx, &sentinels),
+            );
+            let message = messages::Model::find_by_statement(insert)
+                .one(txn)
+                .await?
+                .ok_or(DbErr::RecordNotInserted)?;
             Ok(message)
         })
         .await
@@ -473,6 +506,64 @@ async fn refusal(
     }
 }
 
+/// A message appended to a conversation, and the conversation's update.
+#[derive(Debug, Clone, PartialEq)]
+struct MessageRow {
+    conversation_id: Uuid,
+    id: Uuid,
+    role: String,
+    content: String,
+    metadata: Option<Value>,
+    /// The conversation's new `updated_at`.
+    touched_at: DateTime<FixedOffset>,
+    created_at: DateTime<FixedOffset>,
+}
+
+impl MessageRow {
+    /// Each sentinel with this row's value in its place.
+    fn bind(&self, ctx: &RequestContext, sentinels: &MessageRow) -> [(SeaValue, SeaValue); 8] {
+        let s = sentinels;
+        [
+            (template::id(0).into(), ctx.tenant_id().into()),
+            (s.conversation_id.into(), self.conversation_id.into()),
+            (s.id.into(), self.id.into()),
+            (s.role.clone().into(), self.role.clone().into()),
+            (s.content.clone().into(), self.content.clone().into()),
+            (s.metadata.clone().into(), self.metadata.clone().into()),
+            (s.touched_at.into(), self.touched_at.into()),
+            (s.created_at.into(), self.created_at.into()),
+        ]
+    }
+
+    /// Moves the conversation's `updated_at`, if it is active.
+    fn touch_statement(&self, backend: DbBackend, ctx: &RequestContext) -> Statement {
+        scope::update_many::<conversations::Entity>(ctx)
+            .col_expr(
+                conversations::Column::UpdatedAt,
+                Expr::value(self.touched_at),
+            )
+            .filter(conversations::Column::Id.eq(self.conversation_id))
+            .filter(conversations::Column::Status.eq(ConversationStatus::Active))
+            .build(backend)
+    }
+
+    /// `INSERT ... RETURNING` every column.
+    fn insert_statement(&self, backend: DbBackend, ctx: &RequestContext) -> Statement {
+        let model = messages::ActiveModel {
+            id: Set(self.id),
+            tenant_id: Set(ctx.tenant_id()),
+            conversation_id: Set(self.conversation_id),
+            role: Set(self.role.clone()),
+            content: Set(self.content.clone()),
+            metadata: Set(self.metadata.clone()),
+            created_at: Set(self.created_at),
+        };
+        let mut query = messages::Entity::insert(model).into_query();
+        query.returning(returning_all::<messages::Entity>(backend));
+        backend.build(&query)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The SQL each method sends, on a mock PostgreSQL: every statement on a tenant-owned table
@@ -486,7 +577,7 @@ mod tests {
 
     use super::*;
     use crate::context::Actor;
-    use crate::testing::{Call, bound, committed, one_each, sent, statements, tenant_calls};
+    use crate::testing::{Call, affected, bound, committed, one_each, sent, statements, tenant_calls};
 
     fn ctx() -> Result<RequestContext> {
         RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7()))
@@ -712,8 +803,8 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
-            .append_exec_results([bound()])
-            .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
+            // The binding, then the conversation's update (one row).
+            .append_exec_results([bound(), affected(1)])
             .append_query_results([[message_row(tenant, id)]])
             .into_connection();
         ConversationRepository::new(&db)
@@ -740,8 +831,8 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
-            .append_exec_results([bound()])
-            .append_query_results([[conversation_row(tenant, id, "ACTIVE")]])
+            // The binding, then the conversation's update (one row).
+            .append_exec_results([bound(), affected(1)])
             .append_query_results([[message_row(tenant, id)]])
             .into_connection();
         ConversationRepository::new(&db)
@@ -757,8 +848,8 @@ mod tests {
         let tenant = ctx.tenant_id();
         let id = Uuid::now_v7();
         let db = MockDatabase::new(DbBackend::Postgres)
-            .append_exec_results([bound()])
-            .append_query_results([Vec::<BTreeMap<&str, Value>>::new()])
+            // The binding, then the conversation's update (no row: it is closed).
+            .append_exec_results([bound(), affected(0)])
             .append_query_results([[conversation_row(tenant, id, "CLOSED")]])
             .into_connection();
         let error = ConversationRepository::new(&db)

@@ -28,12 +28,11 @@ use orkestra_entity::{
 };
 use sea_orm::{
     ActiveValue::Set,
-    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult,
-    Iterable, Order, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select,
-    Statement, UpdateMany,
+    ColumnTrait, Condition, ConnectionTrait, DbBackend, DbErr, EntityTrait, FromQueryResult, Order,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, QueryTrait, Select, Statement,
+    UpdateMany,
     sea_query::{
-        Expr, ExprTrait, LockBehavior, LockType, NullOrdering, Query, ReturningClause,
-        SelectStatement, Value as SeaValue,
+        Expr, ExprTrait, LockBehavior, LockType, NullOrdering, SelectStatement, Value as SeaValue,
     },
 };
 use serde::{Deserialize, Serialize};
@@ -44,7 +43,7 @@ use crate::clock::utc;
 use crate::context::RequestContext;
 use crate::error::{Error, Result, TaskAction};
 use crate::page::{self, Page, PageRequest};
-use crate::template::{self, Template};
+use crate::template::{self, Template, returning_all};
 use crate::tx::name_refusal;
 use crate::tx::{Connection, Txn};
 use crate::{now, scope, tenant_read, tenant_transaction, validate};
@@ -1093,14 +1092,6 @@ fn escalate_set(update: UpdateMany<tasks::Entity>) -> UpdateMany<tasks::Entity> 
     update
         .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Escalated))
         .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
-}
-
-/// Every column of `E` as `RETURNING` lists them for a model (enums as text), as sea-orm's own
-/// `exec_with_returning` writes it.
-fn returning_all<E: EntityTrait>(backend: DbBackend) -> ReturningClause {
-    Query::returning().exprs(
-        E::Column::iter().map(|column| column.select_as(column.into_returning_expr(backend))),
-    )
 }
 
 /// `tasks.status IN ('A', 'B', ...)`, the labels written into the statement as literals.

@@ -17,8 +17,8 @@
 use std::sync::OnceLock;
 
 use chrono::{DateTime, FixedOffset, TimeZone, Utc};
-use sea_orm::sea_query::{Value, Values};
-use sea_orm::{DbBackend, Statement};
+use sea_orm::sea_query::{Query, ReturningClause, Value, Values};
+use sea_orm::{ColumnTrait, DbBackend, EntityTrait, Iterable, Statement};
 use uuid::Uuid;
 
 /// One statement's text and values, built once per backend with sentinel values.
@@ -78,6 +78,14 @@ impl Template {
         );
         bound
     }
+}
+
+/// Every column of `E` as `RETURNING` lists them for a model (enums as text), as sea-orm's own
+/// `exec_with_returning` writes it.
+pub(crate) fn returning_all<E: EntityTrait>(backend: DbBackend) -> ReturningClause {
+    Query::returning().exprs(
+        E::Column::iter().map(|column| column.select_as(column.into_returning_expr(backend))),
+    )
 }
 
 /// A context whose tenant is the sentinel [`id`]`(0)`.
