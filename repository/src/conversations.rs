@@ -577,7 +577,9 @@ mod tests {
 
     use super::*;
     use crate::context::Actor;
-    use crate::testing::{Call, affected, bound, committed, one_each, sent, statements, tenant_calls};
+    use crate::testing::{
+        Call, affected, bound, committed, one_each, sent, statements, tenant_calls,
+    };
 
     fn ctx() -> Result<RequestContext> {
         RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7()))

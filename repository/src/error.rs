@@ -130,7 +130,7 @@ pub enum Error {
         reason: String,
     },
     /// The database is set up in a way the repositories cannot work on safely, found by
-    /// [`connect`](crate::connect): a Citus coordinator without
+    /// [`connect`](crate::connect()): a Citus coordinator without
     /// `citus.propagate_set_commands = 'local'` never forwards the tenant binding to the workers,
     /// so every read would come back empty and every write be refused.
     #[error("misconfigured database: {reason}")]

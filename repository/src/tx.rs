@@ -296,8 +296,8 @@ where
 /// ```
 ///
 /// # Errors
-/// What `f` returns, or [`Error::Db`](crate::Error::Db) when the transaction cannot begin, the
-/// tenant cannot be set, or the transaction cannot commit.
+/// What `f` returns; [`Error::PoolTimeout`] when no connection frees up in time; [`Error::Db`]
+/// when the transaction cannot begin, the tenant cannot be set, or the transaction cannot commit.
 pub async fn tenant_transaction<C, F, T>(db: &C, ctx: &RequestContext, f: F) -> Result<T>
 where
     C: Connection,
@@ -387,8 +387,9 @@ where
 /// loudly instead of seeing nothing. On SQLite, it is a plain transaction.
 ///
 /// # Errors
-/// What `f` returns; [`Error::Denied`](crate::Error::Denied) when the connection's role may not do
-/// system-level work; [`Error::Db`](crate::Error::Db) when the transaction cannot begin or commit.
+/// What `f` returns; [`Error::Denied`] when the connection's role may not do system-level work;
+/// [`Error::PoolTimeout`] when no connection frees up in time; [`Error::Db`] when the transaction
+/// cannot begin or commit.
 pub async fn system_transaction<C, F, T>(db: &C, f: F) -> Result<T>
 where
     C: Connection,
