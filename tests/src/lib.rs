@@ -22,6 +22,7 @@
 
 pub mod catalog;
 pub mod citus;
+pub mod delay;
 pub mod fixtures;
 pub mod pg;
 pub mod plot;
