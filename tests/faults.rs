@@ -262,3 +262,35 @@ async fn calls_succeed_after_every_idle_connection_of_the_pool_was_terminated() 
     println!("faults: {terminated} idle connections terminated; the next calls succeeded");
     Ok(())
 }
+
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "PostgreSQL only: set DATABASE_URL=postgres://..."
+)]
+async fn a_refused_binding_leaves_no_broken_connection_in_the_pool() -> anyhow::Result<()> {
+    let _turn = TURN.lock().await;
+    let db = TestDb::postgres_only().await?;
+    let (ctx, _user, task) = tenant_with_task(&db).await?;
+    // One connection: a call after the failure gets the same slot.
+    let pool = app_pool(&db, 1, Duration::from_secs(5)).await?;
+    let tasks = TaskRepository::new(&pool);
+    assert!(tasks.find_by_id(&ctx, task).await?.is_some());
+
+    // As during a deploy whose migration 15 has not run yet: BEGIN succeeds, the binding fails,
+    // and the server is left in a failed transaction on that connection.
+    let rename = "ALTER FUNCTION orkestra_bind_tenant(uuid) RENAME TO test_bind_tenant_away";
+    db.conn().execute_unprepared(rename).await?;
+    let error = tasks
+        .find_by_id(&ctx, task)
+        .await
+        .expect_err("no binding function");
+    assert!(matches!(error, Error::Db(_)), "{error:?}");
+    let back = "ALTER FUNCTION test_bind_tenant_away(uuid) RENAME TO orkestra_bind_tenant";
+    db.conn().execute_unprepared(back).await?;
+
+    // The failed connection was closed, not put back in its failed transaction.
+    assert!(tasks.find_by_id(&ctx, task).await?.is_some());
+    println!("faults: a refused binding closed its connection; the next call succeeded");
+    Ok(())
+}

@@ -28,7 +28,7 @@ use sea_orm::sqlx::{self, Executor, Postgres, SqlSafeStr};
 use sea_orm::{ConnAcquireErr, DbErr, ExecResult, QueryResult, RuntimeErr, Statement};
 use sea_query_sqlx::SqlxValues;
 use sqlx_core::transaction::TransactionManager;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, MutexGuard};
 use uuid::Uuid;
 
 /// A PostgreSQL transaction (or a savepoint inside one) on a connection of the pool.
@@ -37,6 +37,37 @@ pub(crate) struct PgTxn {
     conn: Arc<Mutex<PoolConnection<Postgres>>>,
     /// Until committed or rolled back; dropped while open, it queues its rollback.
     open: bool,
+    /// A savepoint inside a transaction, rather than the transaction.
+    nested: bool,
+}
+
+/// A connection from the pool until its transaction has begun. Dropped before that (a failed
+/// begin, or the caller's future dropped mid-begin), the connection is closed rather than put back:
+/// the server may be inside the transaction, bound to the tenant, or in a failed one (the binding
+/// refused), and sqlx's check on release would not see it.
+struct Beginning(Option<PoolConnection<Postgres>>);
+
+impl Drop for Beginning {
+    fn drop(&mut self) {
+        if let Some(conn) = &mut self.0 {
+            conn.close_on_drop();
+        }
+    }
+}
+
+/// A savepoint until its binding has run. Dropped before that (a failed binding, or the caller's
+/// future dropped mid-binding), it queues the savepoint's rollback, with the lock it still holds.
+struct Binding<'c> {
+    conn: MutexGuard<'c, PoolConnection<Postgres>>,
+    bound: bool,
+}
+
+impl Drop for Binding<'_> {
+    fn drop(&mut self) {
+        if !self.bound {
+            PgTransactionManager::start_rollback(&mut self.conn);
+        }
+    }
 }
 
 /// The message that begins a transaction bound to `tenant`. `orkestra_bind_tenant` (migration 15)
@@ -66,24 +97,27 @@ impl PgTxn {
         let attempts = pool.options().get_max_connections() as usize + 1;
         let mut attempt = 1;
         loop {
-            let mut conn = pool.acquire().await.map_err(acquire_error)?;
+            let mut beginning = Beginning(Some(pool.acquire().await.map_err(acquire_error)?));
+            let conn = beginning
+                .0
+                .as_mut()
+                .expect("the connection, until it is taken");
             let begun = PgTransactionManager::begin(
-                &mut conn,
+                conn,
                 Some(sqlx::AssertSqlSafe(statement.clone()).into_sql_str()),
             )
             .await;
             match begun {
                 Ok(()) => {
+                    let conn = beginning.0.take().expect("the connection");
                     return Ok(PgTxn {
                         conn: Arc::new(Mutex::new(conn)),
                         open: true,
+                        nested: false,
                     });
                 }
-                Err(error) if attempt < attempts && is_dead_connection(&error) => {
-                    // Closed rather than returned: the pool opens a new one when needed.
-                    conn.close_on_drop();
-                    attempt += 1;
-                }
+                // The failed connection is closed as `beginning` drops; the pool opens a new one.
+                Err(error) if attempt < attempts && is_dead_connection(&error) => attempt += 1,
                 Err(error) => return Err(query_error(error)),
             }
         }
@@ -99,17 +133,18 @@ impl PgTxn {
         PgTransactionManager::begin(&mut conn, None)
             .await
             .map_err(query_error)?;
-        let nested = PgTxn {
+        let mut binding = Binding { conn, bound: false };
+        if let Some(tenant) = tenant {
+            let bind = sqlx::AssertSqlSafe(crate::tx::bind_tenant_sql(tenant));
+            binding.conn.execute(bind).await.map_err(exec_error)?;
+        }
+        binding.bound = true;
+        drop(binding);
+        Ok(PgTxn {
             conn: Arc::clone(&self.conn),
             open: true,
-        };
-        if let Some(tenant) = tenant {
-            // On failure `nested` drops and queues the savepoint's rollback.
-            conn.execute(sqlx::AssertSqlSafe(crate::tx::bind_tenant_sql(tenant)))
-                .await
-                .map_err(exec_error)?;
-        }
-        Ok(nested)
+            nested: true,
+        })
     }
 
     /// Commits (releases a savepoint), waiting for the server's answer.
@@ -120,8 +155,26 @@ impl PgTxn {
         let mut conn = self.conn.lock().await;
         let result = PgTransactionManager::commit(&mut conn).await;
         drop(conn);
-        self.open = false;
+        // Still open when the commit failed: sqlx has not counted it ended, and dropping queues
+        // the rollback that does (harmless if the server has already ended the transaction).
+        self.open = result.is_err();
         result.map_err(query_error)
+    }
+
+    /// Ends a transaction that only read. The transaction itself ends without waiting (see
+    /// [`end_without_waiting`](Self::end_without_waiting)); a savepoint is released, waiting,
+    /// since a savepoint rolled back to stays defined until its transaction ends, and a caller's
+    /// transaction that read many times would pile them up.
+    ///
+    /// # Errors
+    /// `DbErr::Query` when a savepoint's release fails.
+    pub(crate) async fn end_read(self) -> Result<(), DbErr> {
+        if self.nested {
+            self.commit().await
+        } else {
+            self.end_without_waiting();
+            Ok(())
+        }
     }
 
     /// Rolls back (to a savepoint) without waiting: the `ROLLBACK` is queued on the connection
@@ -178,8 +231,14 @@ impl Drop for PgTxn {
         if self.open {
             // Nothing else holds the lock once the transaction is dropped: its statements have
             // finished (or were dropped with their futures, which sqlx then treats as broken).
-            if let Ok(mut conn) = self.conn.try_lock() {
-                PgTransactionManager::start_rollback(&mut conn);
+            match self.conn.try_lock() {
+                Ok(mut conn) => PgTransactionManager::start_rollback(&mut conn),
+                // Nothing of this crate holds the lock past a statement, and a statement borrows
+                // the transaction: unreachable, but said loudly rather than panicking in a drop.
+                Err(_) => log::error!(
+                    "a PostgreSQL transaction was dropped while its connection was in use; its \
+                     rollback could not be queued"
+                ),
             }
         }
     }

@@ -95,16 +95,14 @@ impl Txn {
         }
     }
 
-    /// Ends a transaction that only read. On PostgreSQL nothing is waited for: its `ROLLBACK`
-    /// (which ends a read like a `COMMIT`) travels with the connection's release, and the rows
-    /// reach the caller one round trip sooner. Elsewhere it commits.
+    /// Ends a transaction that only read. On a PostgreSQL pool nothing is waited for: its
+    /// `ROLLBACK` (which ends a read like a `COMMIT`) travels with the connection's release, and
+    /// the rows reach the caller one round trip sooner. A savepoint, and anything on SQLite, commits
+    /// (releases).
     async fn end_read(self) -> Result<()> {
         match self.inner {
             Inner::Sea(txn) => Ok(txn.commit().await?),
-            Inner::Pg(txn) => {
-                txn.end_without_waiting();
-                Ok(())
-            }
+            Inner::Pg(txn) => Ok(txn.end_read().await?),
         }
     }
 }
