@@ -336,26 +336,51 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         page: &PageRequest<TimeCursor>,
     ) -> Result<Page<messages::Model, TimeCursor>> {
         page.after.as_ref().map(TimeCursor::check).transpose()?;
-        let mut query = scope::find::<messages::Entity>(ctx)
-            .filter(messages::Column::ConversationId.eq(conversation_id));
-        if let Some(after) = page.after {
-            let created_at = clock::utc(after.created_at);
-            query = query.filter(
-                Expr::tuple([
-                    Expr::col((messages::Entity, messages::Column::CreatedAt)),
-                    Expr::col((messages::Entity, messages::Column::Id)),
-                ])
-                .gt(Expr::tuple([
-                    Expr::value(created_at),
-                    Expr::value(after.id),
-                ])),
+        static FIRST: Template = Template::new();
+        static AFTER: Template = Template::new();
+        let args = MessagePage {
+            conversation_id,
+            limit: page.fetch()?,
+            after: page
+                .after
+                .map(|after| (clock::utc(after.created_at), after.id)),
+        };
+        let sentinels = MessagePage {
+            conversation_id: template::id(1),
+            // No page is this long: limits stop at a few hundred.
+            limit: 4_000_000_001,
+            after: args.after.map(|_| (template::time(1), template::id(2))),
+        };
+        let bind = [
+            (template::id(0).into(), ctx.tenant_id().into()),
+            (
+                sentinels.conversation_id.into(),
+                args.conversation_id.into(),
+            ),
+            (sentinels.limit.into(), args.limit.into()),
+            (
+                sentinels.after.map(|a| a.0).into(),
+                args.after.map(|a| a.0).into(),
+            ),
+            (
+                sentinels.after.map(|a| a.1).into(),
+                args.after.map(|a| a.1).into(),
+            ),
+        ];
+        let text = if args.after.is_some() { &AFTER } else { &FIRST };
+        let rows = tenant_read(self.db, ctx, async |txn| {
+            let statement = text.bind(
+                txn.get_database_backend(),
+                |backend, (ctx, page): &(RequestContext, MessagePage)| page.statement(backend, ctx),
+                &(template::ctx(), sentinels.clone()),
+                &(ctx.clone(), args.clone()),
+                bind,
             );
-        }
-        let query = query
-            .order_by_asc(messages::Column::CreatedAt)
-            .order_by_asc(messages::Column::Id)
-            .limit(page.fetch()?);
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+            Ok(messages::Model::find_by_statement(statement)
+                .all(txn)
+                .await?)
+        })
+        .await?;
         Ok(Page::from_rows(rows, page.limit, |message| TimeCursor {
             created_at: message.created_at,
             id: message.id,
@@ -503,6 +528,39 @@ async fn refusal(
         },
         Ok(None) => Error::not_found(ENTITY, id),
         Err(error) => Error::from(error),
+    }
+}
+
+/// A page of a conversation's messages: the call's values, or the sentinels its text is built
+/// from.
+#[derive(Debug, Clone, PartialEq)]
+struct MessagePage {
+    conversation_id: Uuid,
+    /// Rows to fetch: the page and one more.
+    limit: u64,
+    /// The cursor (UTC), the last message of the previous page.
+    after: Option<(DateTime<FixedOffset>, Uuid)>,
+}
+
+impl MessagePage {
+    /// Oldest first, after the cursor.
+    fn statement(&self, backend: DbBackend, ctx: &RequestContext) -> Statement {
+        let mut query = scope::find::<messages::Entity>(ctx)
+            .filter(messages::Column::ConversationId.eq(self.conversation_id));
+        if let Some((created_at, id)) = self.after {
+            query = query.filter(
+                Expr::tuple([
+                    Expr::col((messages::Entity, messages::Column::CreatedAt)),
+                    Expr::col((messages::Entity, messages::Column::Id)),
+                ])
+                .gt(Expr::tuple([Expr::value(created_at), Expr::value(id)])),
+            );
+        }
+        query
+            .order_by_asc(messages::Column::CreatedAt)
+            .order_by_asc(messages::Column::Id)
+            .limit(self.limit)
+            .build(backend)
     }
 }
 
