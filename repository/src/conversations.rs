@@ -285,11 +285,10 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
             // was touched matters here: the conversation is not read back.
             let touch = TOUCH.bind(
                 backend,
-                |backend, (ctx, row): &(RequestContext, MessageRow)| {
-                    row.touch_statement(backend, ctx)
-                },
-                &(template::ctx(), sentinels.clone()),
-                &(ctx.clone(), row.clone()),
+                ctx,
+                |backend, ctx, row| row.touch_statement(backend, ctx),
+                &sentinels,
+                &row,
                 row.bind(ctx, &sentinels),
             );
             #[allow(clippy::disallowed_methods)]
@@ -305,11 +304,10 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
             row.created_at = now();
             let insert = INSERT.bind(
                 backend,
-                |backend, (ctx, row): &(RequestContext, MessageRow)| {
-                    row.insert_statement(backend, ctx)
-                },
-                &(template::ctx(), sentinels.clone()),
-                &(ctx.clone(), row.clone()),
+                ctx,
+                |backend, ctx, row| row.insert_statement(backend, ctx),
+                &sentinels,
+                &row,
                 row.bind(ctx, &sentinels),
             );
             let message = messages::Model::find_by_statement(insert)
@@ -371,9 +369,10 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         let rows = tenant_read(self.db, ctx, async |txn| {
             let statement = text.bind(
                 txn.get_database_backend(),
-                |backend, (ctx, page): &(RequestContext, MessagePage)| page.statement(backend, ctx),
-                &(template::ctx(), sentinels.clone()),
-                &(ctx.clone(), args.clone()),
+                ctx,
+                |backend, ctx, page| page.statement(backend, ctx),
+                &sentinels,
+                &args,
                 bind,
             );
             Ok(messages::Model::find_by_statement(statement)

@@ -70,19 +70,6 @@ impl Drop for Binding<'_> {
     }
 }
 
-/// The message that begins a transaction bound to `tenant`. `orkestra_bind_tenant` (migration 15)
-/// runs `SET LOCAL app.tenant_id` from inside a function: Citus forwards a `SET LOCAL` to the
-/// workers by replaying the text of the statement that ran it, which in a multi-statement message
-/// would be the whole message, `BEGIN` included, and each worker would warn that a transaction is
-/// already in progress. From inside the function that text is the `SET LOCAL` alone. The tenant is
-/// formatted from a [`Uuid`], never from caller text.
-pub(crate) fn begin_bound_sql(tenant: Uuid) -> String {
-    format!(
-        "BEGIN; SELECT orkestra_bind_tenant('{}')",
-        tenant.hyphenated()
-    )
-}
-
 impl PgTxn {
     /// Takes a connection from `pool` and begins a transaction on it, bound to `tenant` when
     /// given, in one round trip.
@@ -92,7 +79,7 @@ impl PgTxn {
     /// transaction cannot begin (after trying every connection the pool may hold, when each turned
     /// out dead).
     pub(crate) async fn begin(pool: &PgPool, tenant: Option<Uuid>) -> Result<PgTxn, DbErr> {
-        let statement = tenant.map_or_else(|| String::from("BEGIN"), begin_bound_sql);
+        let statement = tenant.map_or_else(|| String::from("BEGIN"), crate::tx::begin_bound_sql);
         // Every idle connection may be dead after a restart; one more attempt reaches a new one.
         let attempts = pool.options().get_max_connections() as usize + 1;
         let mut attempt = 1;

@@ -346,9 +346,10 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         let created = tenant_transaction(self.db, ctx, async |txn| {
             let statement = insert.bind(
                 txn.get_database_backend(),
-                |backend, (ctx, row): &(RequestContext, NewRow)| row.insert_statement(backend, ctx),
-                &(template::ctx(), sentinels),
-                &(ctx.clone(), row),
+                ctx,
+                |backend, ctx, row| row.insert_statement(backend, ctx),
+                &sentinels,
+                &row,
                 bind,
             );
             let created = tasks::Model::find_by_statement(statement)
@@ -896,9 +897,10 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
             for _ in 0..ATTEMPTS {
                 let write = change.write.bind(
                     backend,
-                    |backend, (ctx, args)| change.write_statement(backend, ctx, args),
-                    &(template::ctx(), sentinels.clone()),
-                    &(ctx.clone(), args.clone()),
+                    ctx,
+                    |backend, ctx, args| change.write_statement(backend, ctx, args),
+                    &sentinels,
+                    &args,
                     args.bind(ctx, &sentinels),
                 );
                 if let Some(task) = tasks::Model::find_by_statement(write).one(txn).await? {
@@ -1210,9 +1212,10 @@ async fn record(
     ];
     let insert = INSERT.bind(
         db.get_database_backend(),
-        |backend, (tenant, row): &(Uuid, HistoryRow)| row.insert_statement(backend, *tenant),
-        &(template::id(0), sentinels),
-        &(ctx.tenant_id(), row),
+        ctx,
+        |backend, ctx, row| row.insert_statement(backend, ctx.tenant_id()),
+        &sentinels,
+        &row,
         bind,
     );
     #[allow(clippy::disallowed_methods)]
@@ -1284,13 +1287,7 @@ impl PageArgs {
             ),
             (s_after.map(|a| a.id).into(), after.map(|a| a.id).into()),
         ];
-        text.bind(
-            backend,
-            |backend, (ctx, args)| build(backend, ctx, args),
-            &(template::ctx(), sentinels.clone()),
-            &(ctx.clone(), self.clone()),
-            bind,
-        )
+        text.bind(backend, ctx, build, &sentinels, self, bind)
     }
 }
 

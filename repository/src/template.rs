@@ -21,6 +21,8 @@ use sea_orm::sea_query::{Query, ReturningClause, Value, Values};
 use sea_orm::{ColumnTrait, DbBackend, EntityTrait, Iterable, Statement};
 use uuid::Uuid;
 
+use crate::context::RequestContext;
+
 /// One statement's text and values, built once per backend with sentinel values.
 pub(crate) struct Template {
     postgres: OnceLock<Statement>,
@@ -36,15 +38,18 @@ impl Template {
         }
     }
 
-    /// The statement `build` makes on `backend` from `actual`: built from `sentinels` on the
-    /// first call, then with each `(sentinel, value)` of `bind` in place of its sentinel. In debug
-    /// builds (every test run) each call also builds the statement afresh from `actual` and
-    /// panics if the two differ, so a builder that writes a call's value without a sentinel, or
-    /// whose text depends on one, fails the first test that reaches it.
+    /// The statement `build` makes on `backend` for `ctx` and `actual`: built from the sentinel
+    /// context ([`id`]`(0)` as its tenant) and `sentinels` on the first call, then with each
+    /// `(sentinel, value)` of `bind` in place of its sentinel. In debug builds (every test run)
+    /// each call also builds the statement afresh from `ctx` and `actual` and panics if the two
+    /// differ, so a builder that writes a call's value without a sentinel, or whose text depends on
+    /// one, fails the first test that reaches it. Nothing is cloned for that check: `actual` is
+    /// only borrowed.
     pub(crate) fn bind<A, const N: usize>(
         &self,
         backend: DbBackend,
-        build: impl Fn(DbBackend, &A) -> Statement,
+        ctx: &RequestContext,
+        build: impl Fn(DbBackend, &RequestContext, &A) -> Statement,
         sentinels: &A,
         actual: &A,
         bind: [(Value, Value); N],
@@ -53,7 +58,7 @@ impl Template {
             DbBackend::Postgres => &self.postgres,
             _ => &self.sqlite,
         };
-        let template = cell.get_or_init(|| build(backend, sentinels));
+        let template = cell.get_or_init(|| build(backend, &sentinel_ctx(), sentinels));
         let values = template.values.as_ref().map(|Values(values)| {
             Values(
                 values
@@ -73,7 +78,7 @@ impl Template {
         };
         debug_assert_eq!(
             bound,
-            build(backend, actual),
+            build(backend, ctx, actual),
             "a template bound differently"
         );
         bound
@@ -89,9 +94,9 @@ pub(crate) fn returning_all<E: EntityTrait>(backend: DbBackend) -> ReturningClau
 }
 
 /// A context whose tenant is the sentinel [`id`]`(0)`.
-pub(crate) fn ctx() -> crate::RequestContext {
+fn sentinel_ctx() -> RequestContext {
     let actor = crate::Actor::system("template").expect("a valid name");
-    crate::RequestContext::new(id(0), actor).expect("a valid context")
+    RequestContext::new(id(0), actor).expect("a valid context")
 }
 
 /// The `n`th sentinel id: version 8 (custom), never made by `Uuid::now_v7`.
@@ -145,7 +150,8 @@ mod tests {
                 let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
                 let bound = TEMPLATE.bind(
                     backend,
-                    |backend, &(a, b)| build(backend, a, b),
+                    &sentinel_ctx(),
+                    |backend, _, &(a, b)| build(backend, a, b),
                     &(id(1), id(2)),
                     &(a, b),
                     [(id(1).into(), a.into()), (id(2).into(), b.into())],

@@ -332,6 +332,20 @@ pub fn bind_tenant_sql(tenant: Uuid) -> String {
     format!("SET LOCAL app.tenant_id = '{}'", tenant.hyphenated())
 }
 
+/// The message that begins a transaction bound to `tenant` in one round trip, as the repository
+/// begins one on a PostgreSQL pool. `orkestra_bind_tenant` (migration 15)
+/// runs `SET LOCAL app.tenant_id` from inside a function: Citus forwards a `SET LOCAL` to the
+/// workers by replaying the text of the statement that ran it, which in a multi-statement message
+/// would be the whole message, `BEGIN` included, and each worker would warn that a transaction is
+/// already in progress. From inside the function that text is the `SET LOCAL` alone. The tenant is
+/// formatted from a [`Uuid`], never from caller text.
+pub fn begin_bound_sql(tenant: Uuid) -> String {
+    format!(
+        "BEGIN; SELECT orkestra_bind_tenant('{}')",
+        tenant.hyphenated()
+    )
+}
+
 /// Sets `app.tenant_id` for the rest of the transaction (PostgreSQL only), as a statement of its
 /// own, sent unprepared: a prepared statement per tenant would only fill the statement cache.
 /// Inside a savepoint the setting ends with it when it is rolled back (see [`tenant_transaction`]

@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use chrono::{DateTime, FixedOffset, Utc};
 use orkestra_entity::{audit_events, messages, sea_orm_active_enums::TaskStatus, tasks};
+use orkestra_repository::tx::begin_bound_sql;
 use orkestra_repository::{
     Actor, AssignTo, AuditQuery, AuditRepository, ConversationRepository, DbConfig,
     GroupRepository, NewAuditEvent, NewConversation, NewGroup, NewMessage, NewTask, NewTenant,
@@ -311,10 +312,8 @@ async fn repo_op(op: &str, env: &mut Env, db: &DatabaseConnection) -> anyhow::Re
 /// A transaction confined to `tenant`, begun as the repository begins one: `BEGIN` and the
 /// binding in one message, which is as few round trips as sqlx allows.
 async fn begin(pool: &PgPool, tenant: Uuid) -> sqlx::Result<Transaction<'static, Postgres>> {
-    pool.begin_with(sqlx::AssertSqlSafe(format!(
-        "BEGIN; SELECT orkestra_bind_tenant('{tenant}')"
-    )))
-    .await
+    pool.begin_with(sqlx::AssertSqlSafe(begin_bound_sql(tenant)))
+        .await
 }
 
 /// A task status from its label.
