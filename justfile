@@ -176,7 +176,7 @@ lint-scoping:
 
 # Measure what row-level security costs: the same repository calls with and without it (PostgreSQL)
 bench-rls rounds="500":
-    cargo run --release -q -p orkestra-tests --bin rls-bench -- {{rounds}}
+    cargo run --release -q -p orkestra-bench --bin rls-bench -- {{rounds}}
 
 # Fill a database with the scale data set of issue 5 (migrating it first), with a progress bar:
 # `target` is a postgres:// URL or `scratch` (a new database on DATABASE_URL's server, whose URL is
@@ -184,7 +184,7 @@ bench-rls rounds="500":
 # history, 100,000 users, 1,000,000 audit events.
 [doc("Fill a database with the scale data set (1,000 tenants, 1M tasks by default)")]
 seed-scale target="scratch" tasks="1000000" tenants="1000" users="100000" audit="1000000":
-    cargo run --release -q -p orkestra-tests --bin seed-scale -- "{{target}}" --tasks {{tasks}} \
+    cargo run --release -q -p orkestra-bench --bin seed-scale -- "{{target}}" --tasks {{tasks}} \
         --tenants {{tenants}} --users {{users}} --audit {{audit}}
 
 # Time the inbox, overdue, task-history, message-page and audit-query operations on databases
@@ -192,7 +192,7 @@ seed-scale target="scratch" tasks="1000000" tenants="1000" users="100000" audit=
 # against table size in docs/benchmarks/scale.svg
 [doc("Time the five read operations on seeded databases; draws docs/benchmarks/scale.svg")]
 bench-scale +urls:
-    cargo run --release -q -p orkestra-tests --bin scale-bench -- --svg docs/benchmarks/scale.svg {{urls}}
+    cargo run --release -q -p orkestra-bench --bin scale-bench -- --svg docs/benchmarks/scale.svg {{urls}}
 
 # The scale curve of BENCHMARKS.md from nothing: seeds 10k, 100k and 1M tasks (1,000 tenants, users
 # and audit events in proportion; about 7 minutes), runs bench-scale on them, drops them
@@ -206,19 +206,19 @@ bench-curve:
     for tasks in 10000 100000 1000000; do
         # Kept even when seeding fails after printing the URL, so that cleanup drops it.
         status=0
-        url=$(cargo run --release -q -p orkestra-tests --bin seed-scale -- scratch \
+        url=$(cargo run --release -q -p orkestra-bench --bin seed-scale -- scratch \
             --tasks $tasks --users $((tasks / 10)) --audit $tasks) || status=$?
         if [ -n "$url" ]; then urls+=("$url"); fi
         if [ "$status" != 0 ]; then exit "$status"; fi
     done
-    cargo run --release -q -p orkestra-tests --bin scale-bench -- --svg docs/benchmarks/scale.svg "${urls[@]}"
+    cargo run --release -q -p orkestra-bench --bin scale-bench -- --svg docs/benchmarks/scale.svg "${urls[@]}"
 
 # Workers (1 to 32) claiming and completing tasks from shared group queues, through the repository
 # as the application role: throughput, p99, lost races, double claims (must be 0); draws
 # docs/benchmarks/claims.svg and claims-p99.svg (PostgreSQL)
 [doc("1 to 32 workers claiming from shared queues: throughput, p99, double claims")]
 bench-claims seconds="5":
-    cargo run --release -q -p orkestra-tests --bin claim-bench -- --seconds {{seconds}} --svg docs/benchmarks/claims.svg
+    cargo run --release -q -p orkestra-bench --bin claim-bench -- --seconds {{seconds}} --svg docs/benchmarks/claims.svg
 
 # Each core operation through the repository and written by hand with sqlx, alternating on the same
 # data, as the application role: medians, p99s, ratios, statements and round trips (PostgreSQL)
@@ -230,7 +230,7 @@ bench *args:
         postgres://*|postgresql://*) ;;
         *) echo "error: just bench needs PostgreSQL: set DATABASE_URL=postgres://..." >&2; exit 1 ;;
     esac
-    cargo run --release -q -p orkestra-tests --bin repo-bench -- {{args}}
+    cargo run --release -q -p orkestra-bench --bin repo-bench -- {{args}}
 
 # Everything CI runs (.ci/run): lint, both test runs, entity drift, migration CLI round trip
 ci:

@@ -22,13 +22,10 @@
 
 pub mod catalog;
 pub mod citus;
-pub mod delay;
 pub mod fixtures;
 pub mod pg;
-pub mod plot;
 pub mod repo;
 pub mod scale;
-pub mod stats;
 
 use std::time::Duration;
 

@@ -517,24 +517,6 @@ pub async fn probe(db: &DatabaseConnection, tenant: &TenantPlan) -> anyhow::Resu
     })
 }
 
-/// A progress bar on standard error: `[#####.....] 52% 520000/1000000 tasks 31.2 s`, redrawn in
-/// place.
-pub fn draw_progress(done: u64, total: u64, started: Instant) {
-    const WIDTH: u64 = 40;
-    let filled = done.saturating_mul(WIDTH) / total.max(1);
-    let percent = done.saturating_mul(100) / total.max(1);
-    let bar: String = (0..WIDTH)
-        .map(|i| if i < filled { '#' } else { '.' })
-        .collect();
-    eprint!(
-        "\r[{bar}] {percent:>3}% {done}/{total} tasks {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
-    if done >= total {
-        eprintln!();
-    }
-}
-
 /// The tenant with the most tasks in a seeded database (the one whose queries have the most rows
 /// to avoid), as a plan with only its id and task count filled in.
 ///

@@ -7,11 +7,10 @@
 //! Defaults: 1,000 tenants, 1,000,000 tasks, 100,000 users, 1,000,000 audit events. `scratch`
 //! creates a scratch database on `DATABASE_URL`'s server and prints its URL on standard output; it
 //! is kept until a sweep after this process exits (`just sweep`), or `scratch-db drop <url>`.
-//! Progress and the final timing go to standard error.
-
-use std::time::Instant;
+//! Progress (a bar, when standard error is a terminal) and the final timing go to standard error.
 
 use anyhow::{Context as _, bail};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use orkestra_tests::{pg, scale};
 use sea_orm::{ConnectOptions, Database};
 
@@ -74,11 +73,23 @@ async fn main() -> anyhow::Result<()> {
         scale.users,
         scale.audit_events
     );
-    let started = Instant::now();
+    // `[#####.....]  52% 520000/1000000 tasks 31.2 s`, redrawn in place.
+    let bar = ProgressBar::new(scale.tasks).with_style(
+        ProgressStyle::with_template("[{bar:40}] {percent:>3}% {pos}/{len} tasks {seconds}")?
+            .progress_chars("#.")
+            .with_key(
+                "seconds",
+                |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                    let _ = write!(out, "{:.1} s", state.elapsed().as_secs_f64());
+                },
+            ),
+    );
     let seeded = scale::seed(&db, scale, |done, total| {
-        scale::draw_progress(done, total, started);
+        bar.set_length(total);
+        bar.set_position(done);
     })
     .await?;
+    bar.finish();
     let largest = &seeded.tenants[0];
     eprintln!(
         "seeded in {:.1} s (ANALYZE included); the largest tenant {} has {} tasks, {} users",

@@ -12,16 +12,16 @@
 //! the median and p99 of each, in milliseconds, one table row per database and operation. With
 //! `--svg`, also draws each operation's median against the database's task count.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
+use orkestra_bench::plot::{Chart, Series};
+use orkestra_bench::stats::Latencies;
 use orkestra_migration::{Migrator, MigratorTrait};
 use orkestra_repository::{
     AuditQuery, AuditRepository, ConversationRepository, PageRequest, TaskRepository,
 };
-use orkestra_tests::plot::{Chart, Series};
 use orkestra_tests::repo::ctx;
-use orkestra_tests::stats::quantile_ms;
 use orkestra_tests::{pg, scale};
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 
@@ -100,7 +100,7 @@ async fn main() -> anyhow::Result<()> {
         let conversations = ConversationRepository::new(&app);
         let audit = AuditRepository::new(&app);
         let now = chrono::Utc::now().into();
-        let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(rounds); OPERATIONS.len()];
+        let mut times: Vec<Latencies> = vec![Latencies::new(); OPERATIONS.len()];
         let mut returned = [0; OPERATIONS.len()];
         // A warm-up round, then the measured ones.
         for round in 0..=rounds {
@@ -133,23 +133,23 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::ensure!(rows > 0, "{} returned nothing", OPERATIONS[op]);
                 returned[op] = rows;
                 if round > 0 {
-                    samples.push(elapsed);
+                    samples.record(elapsed);
                 }
             }
         }
         app.close().await?;
-        for (op, samples) in times.iter_mut().enumerate() {
+        for (op, samples) in times.iter().enumerate() {
             #[allow(clippy::cast_precision_loss)]
             curves[op]
                 .points
-                .push((total as f64, quantile_ms(samples, 0.5)));
+                .push((total as f64, samples.quantile_ms(0.5)));
             println!(
                 "| {total} | {} | {} | {} | {:.3} | {:.3} |",
                 largest.tasks,
                 OPERATIONS[op],
                 returned[op],
-                quantile_ms(samples, 0.5),
-                quantile_ms(samples, 0.99)
+                samples.quantile_ms(0.5),
+                samples.quantile_ms(0.99)
             );
         }
     }
@@ -161,7 +161,7 @@ async fn main() -> anyhow::Result<()> {
             log_x: true,
             series: curves,
         };
-        std::fs::write(&path, chart.to_svg()).with_context(|| format!("writing {path}"))?;
+        chart.write(&path)?;
         eprintln!("wrote {path}");
     }
     Ok(())

@@ -16,7 +16,7 @@
 //! the caller's path (sent before the call returned) and after it (the release of the connection:
 //! sqlx's check, and the rollback of a read).
 //!
-//! `DATABASE_URL=postgres://... cargo run --release -p orkestra-tests --bin repo-bench -- [options]`
+//! `DATABASE_URL=postgres://... cargo run --release -p orkestra-bench --bin repo-bench -- [options]`
 //! (`just bench`): `--iterations N` (default 500), `--warmup N` (default 50), `--only NAME` (an
 //! operation whose name contains NAME), `--rtt MS` (repeatable; default 0), `--show-sql` (print
 //! the statements of one call of each side). It works in a database of its own and drops it.
@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use chrono::{DateTime, FixedOffset, Utc};
+use orkestra_bench::stats::Latencies;
 use orkestra_entity::{audit_events, messages, sea_orm_active_enums::TaskStatus, tasks};
 use orkestra_repository::tx::begin_bound_sql;
 use orkestra_repository::{
@@ -204,7 +205,8 @@ async fn seed(db: &TestDb, fresh_per_side: usize) -> anyhow::Result<Env> {
         };
         let to_claim = fresh("ASSIGNED", "NULL").await?;
         let to_complete = fresh("CLAIMED", &format!("'{user}'")).await?;
-        let ctx = RequestContext::new(tenant, Actor::user(user))?.with_trace("bench", Some("1"))?;
+        let ctx =
+            RequestContext::new(tenant, Actor::user(user))?.with_trace("bench", Some("1"))?;
         env = Some(Env {
             ctx,
             tenant,
@@ -942,11 +944,6 @@ async fn count(
     })
 }
 
-fn quantile(sorted: &[Duration], q: f64) -> f64 {
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index].as_secs_f64() * 1e6
-}
-
 struct Options {
     iterations: usize,
     warmup: usize,
@@ -1064,7 +1061,7 @@ async fn main() -> anyhow::Result<()> {
         // At 0 ms the pools connect directly; otherwise through the delaying proxy.
         let url = if rtt > 0.0 {
             let one_way = Duration::from_secs_f64(rtt / 2_000.0);
-            via(&app_url, orkestra_tests::delay::start(server, one_way)?)?
+            via(&app_url, orkestra_bench::delay::start(server, one_way)?)?
         } else {
             app_url.clone()
         };
@@ -1093,16 +1090,16 @@ async fn main() -> anyhow::Result<()> {
         for (op, (repo_counts, hand_counts)) in operations.iter().zip(&counts) {
             let times = measure(&pools, op, &options, &mut env).await?;
             let [repo, hand, repo_cpu, hand_cpu] = &times;
-            let (r50, h50) = (quantile(repo, 0.5), quantile(hand, 0.5));
+            let (r50, h50) = (repo.quantile_us(0.5), hand.quantile_us(0.5));
             println!(
                 "{op:<26} {r50:>9.0} {:>9.0} {h50:>9.0} {:>9.0} {:>7.3}   {:>11} {:>11}   {:>8.0} {:>8.0}",
-                quantile(repo, 0.99),
-                quantile(hand, 0.99),
+                repo.quantile_us(0.99),
+                hand.quantile_us(0.99),
                 r50 / h50,
                 repo_counts.show(),
                 hand_counts.show(),
-                quantile(repo_cpu, 0.5),
-                quantile(hand_cpu, 0.5),
+                repo_cpu.quantile_us(0.5),
+                hand_cpu.quantile_us(0.5),
             );
         }
         pools.repo.close().await?;
@@ -1140,30 +1137,27 @@ fn via(url: &str, proxy: SocketAddr) -> anyhow::Result<String> {
 }
 
 /// Times `op` on both sides: warm-up rounds, then `options.iterations` rounds alternating which
-/// side goes first. Sorted wall times (repository, hand-written), then sorted CPU times.
+/// side goes first. Wall times (repository, hand-written), then CPU times.
 async fn measure(
     pools: &Pools,
     op: &str,
     options: &Options,
     env: &mut Env,
-) -> anyhow::Result<[Vec<Duration>; 4]> {
+) -> anyhow::Result<[Latencies; 4]> {
     for round in 0..options.warmup {
         for side in order(round) {
             pools.run(op, side, env).await?;
         }
     }
-    let mut times: [Vec<Duration>; 4] = Default::default();
+    let mut times: [Latencies; 4] = Default::default();
     for round in 0..options.iterations {
         // Alternate which goes first, so neither always runs on a warmer cache.
         for side in order(round) {
             let (took, cpu) = pools.run(op, side, env).await?;
             let at = if side == Side::Repo { 0 } else { 1 };
-            times[at].push(took);
-            times[at + 2].push(cpu);
+            times[at].record(took);
+            times[at + 2].record(cpu);
         }
-    }
-    for series in &mut times {
-        series.sort();
     }
     Ok(times)
 }

@@ -26,12 +26,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
+use orkestra_bench::plot::{Chart, Series};
+use orkestra_bench::stats::Latencies;
 use orkestra_repository::{
     DbConfig, Error, GroupRepository, NewGroup, NewTenant, NewUser, PageRequest, RequestContext,
     TaskRepository, TenantRepository, UserRepository, connect,
 };
-use orkestra_tests::plot::{Chart, Series};
-use orkestra_tests::stats::quantile_ms;
 use orkestra_tests::{TestDb, pg, repo::ctx};
 use sea_orm::{ConnectionTrait, DatabaseConnection, Statement};
 use serde_json::json;
@@ -313,20 +313,24 @@ async fn main() -> anyhow::Result<()> {
             let database_doubles = double_claims_in_database(db.conn(), queue.tenant).await?;
             let completed: usize = tallies.iter().map(|t| t.won.len()).sum();
             let lost: u64 = tallies.iter().map(|t| t.lost).sum();
-            let mut takes: Vec<Duration> =
-                tallies.iter().flat_map(|t| t.take_times.clone()).collect();
-            let mut cycles: Vec<Duration> =
-                tallies.iter().flat_map(|t| t.cycle_times.clone()).collect();
+            let takes: Latencies = tallies
+                .iter()
+                .flat_map(|t| t.take_times.iter().copied())
+                .collect();
+            let cycles: Latencies = tallies
+                .iter()
+                .flat_map(|t| t.cycle_times.iter().copied())
+                .collect();
             #[allow(clippy::cast_precision_loss)]
             let rate = completed as f64 / elapsed;
-            let cycle_p99 = quantile_ms(&mut cycles, 0.99);
+            let cycle_p99 = cycles.quantile_ms(0.99);
             println!(
                 "| {} | {workers} | {rate:.0} | {:.2} | {:.2} | {:.2} | {cycle_p99:.2} | {lost} | \
              {client_doubles} | {database_doubles} |",
                 strategy.name(),
-                quantile_ms(&mut takes, 0.5),
-                quantile_ms(&mut takes, 0.99),
-                quantile_ms(&mut cycles, 0.5),
+                takes.quantile_ms(0.5),
+                takes.quantile_ms(0.99),
+                cycles.quantile_ms(0.5),
             );
             ensure!(
                 client_doubles == 0 && database_doubles == 0,
@@ -357,7 +361,7 @@ async fn main() -> anyhow::Result<()> {
             log_x: true,
             series: throughput,
         };
-        std::fs::write(&path, chart.to_svg()).with_context(|| format!("writing {path}"))?;
+        chart.write(&path)?;
         let latency = Chart {
             title: "Claim and complete: p99 of one cycle".into(),
             x_label: "workers".into(),
@@ -366,8 +370,7 @@ async fn main() -> anyhow::Result<()> {
             series: p99,
         };
         let latency_path = path.replace(".svg", "-p99.svg");
-        std::fs::write(&latency_path, latency.to_svg())
-            .with_context(|| format!("writing {latency_path}"))?;
+        latency.write(&latency_path)?;
         eprintln!("wrote {path} and {latency_path}");
     }
     Ok(())

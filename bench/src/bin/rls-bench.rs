@@ -3,12 +3,13 @@
 //! connection (a superuser, which row-level security does not apply to). Both run the repository
 //! unchanged, setting the tenant in each transaction; the difference is the policies alone.
 //!
-//! `DATABASE_URL=postgres://... cargo run --release -p orkestra-tests --bin rls-bench [rounds]`
+//! `DATABASE_URL=postgres://... cargo run --release -p orkestra-bench --bin rls-bench [rounds]`
 //! (`just bench-rls`). It works in a database of its own and drops it.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context as _;
+use orkestra_bench::stats::Latencies;
 use orkestra_repository::{
     AssignTo, AuditQuery, AuditRepository, GroupRepository, NewAuditEvent, NewGroup, NewTask,
     NewTenant, NewUser, PageRequest, TaskRepository, TenantRepository, UserRepository,
@@ -129,15 +130,6 @@ const OPERATIONS: [&str; 7] = [
     "audit page (50)",
 ];
 
-fn quantile(sorted: &[Duration], q: f64) -> Duration {
-    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
-    sorted[index]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let rounds: usize = std::env::args()
@@ -164,7 +156,7 @@ async fn main() -> anyhow::Result<()> {
             run(op, with_rls, &fixture).await?;
             run(op, without, &fixture).await?;
         }
-        let (mut rls, mut plain) = (Vec::with_capacity(rounds), Vec::with_capacity(rounds));
+        let (mut rls, mut plain) = (Latencies::new(), Latencies::new());
         for round in 0..rounds {
             // Alternate which goes first, so neither always runs on a warmer cache.
             let order: [(&DatabaseConnection, bool); 2] = if round % 2 == 0 {
@@ -177,27 +169,18 @@ async fn main() -> anyhow::Result<()> {
                 run(op, conn, &fixture).await?;
                 let took = started.elapsed();
                 if is_rls {
-                    rls.push(took)
+                    rls.record(took)
                 } else {
-                    plain.push(took)
+                    plain.record(took)
                 }
             }
         }
-        rls.sort();
-        plain.sort();
-        let (r50, r99, p50, p99) = (
-            quantile(&rls, 0.5),
-            quantile(&rls, 0.99),
-            quantile(&plain, 0.5),
-            quantile(&plain, 0.99),
-        );
+        let (r50, p50) = (rls.quantile_us(0.5), plain.quantile_us(0.5));
         println!(
-            "{op:<24} {:>10.0} {:>10.0} {:>10.0} {:>10.0} {:>8.3}",
-            micros(r50),
-            micros(r99),
-            micros(p50),
-            micros(p99),
-            micros(r50) / micros(p50)
+            "{op:<24} {r50:>10.0} {:>10.0} {p50:>10.0} {:>10.0} {:>8.3}",
+            rls.quantile_us(0.99),
+            plain.quantile_us(0.99),
+            r50 / p50
         );
     }
     Ok(())

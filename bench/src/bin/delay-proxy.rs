@@ -1,8 +1,8 @@
 //! A TCP proxy that adds a round trip: each direction is delayed by half of it
-//! ([`orkestra_tests::delay`], what `repo-bench --rtt` uses), for measuring another client (a
+//! ([`orkestra_bench::delay`], what `repo-bench --rtt` uses), for measuring another client (a
 //! service, another ORM) over the same emulated network as the benchmark.
 //!
-//! `cargo run --release -p orkestra-tests --bin delay-proxy -- <rtt ms> <server host:port>`: prints
+//! `cargo run --release -p orkestra-bench --bin delay-proxy -- <rtt ms> <server host:port>`: prints
 //! the address to connect to, then relays until stopped.
 
 use std::net::ToSocketAddrs;
@@ -24,7 +24,7 @@ fn main() -> anyhow::Result<()> {
         .to_socket_addrs()?
         .next()
         .context("the server's address")?;
-    let address = orkestra_tests::delay::start(server, Duration::from_secs_f64(rtt / 2_000.0))?;
+    let address = orkestra_bench::delay::start(server, Duration::from_secs_f64(rtt / 2_000.0))?;
     println!("{address}");
     loop {
         std::thread::park();
