@@ -8,7 +8,9 @@ export DATABASE_URL := env("DATABASE_URL", "postgres://orkestra:orkestra@localho
 # The generator version and flags the committed entities were made with. Change them only together
 # with a regeneration (`just entities`).
 sea_orm_cli_version := "2.0.4"
-entity_flags := "--lib --with-serde both --date-time-crate chrono --entity-format compact"
+# Models serialise with camelCase field names and enums with the database's labels ("CLAIMED",
+# "ROUND_ROBIN"), as the seed's Prisma client hands them to a REST layer.
+entity_flags := "--lib --with-serde both --date-time-crate chrono --entity-format compact --model-extra-attributes 'serde(rename_all = \"camelCase\")' --enum-extra-attributes 'serde(rename_all = \"SCREAMING_SNAKE_CASE\")'"
 entity_dir := "entity/src/generated"
 
 # List the recipes
@@ -143,8 +145,13 @@ _login_role name password group:
 lint:
     cargo fmt --all --check
     cargo clippy --workspace --all-targets -- -D warnings
+    just doc
     just lint-citus
     just lint-scoping
+
+# Build the documentation of the three crates (no dependencies), warnings as errors
+doc:
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p orkestra-entity -p orkestra-migration -p orkestra-repository
 
 # Clippy on the tests compiled only for a Citus cluster (tests/citus.rs): the build script needs a
 # postgres:// URL and ORKESTRA_CITUS to compile them in; nothing connects

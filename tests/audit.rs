@@ -35,7 +35,7 @@ async fn one_tenant() -> anyhow::Result<(TestDb, Uuid)> {
 
 /// A context for `tenant` acted on by a fresh user.
 fn user_ctx(tenant: Uuid) -> anyhow::Result<RequestContext> {
-    Ok(RequestContext::new(tenant, Actor::user(Uuid::now_v7()))?)
+    Ok(RequestContext::new(tenant, Actor::user(Uuid::now_v7())?)?)
 }
 
 fn event(i: usize) -> NewAuditEvent {
@@ -219,7 +219,7 @@ async fn record_without_a_trace_or_an_actor_name_stores_nulls() -> anyhow::Resul
     let audit = AuditRepository::new(db.conn());
 
     let user = Uuid::now_v7();
-    let by_user = RequestContext::new(tenant, Actor::user(user))?;
+    let by_user = RequestContext::new(tenant, Actor::user(user)?)?;
     let recorded = audit.record(&by_user, event(1)).await?;
     assert_eq!(recorded.actor_type, "user");
     assert_eq!(recorded.actor_id, user.to_string());
@@ -351,7 +351,7 @@ async fn record_for_a_missing_tenant_is_refused_and_writes_nothing() -> anyhow::
 async fn record_many_writes_a_batch_with_one_time_and_increasing_ids() -> anyhow::Result<()> {
     let (db, tenant) = one_tenant().await?;
     let audit = AuditRepository::new(db.conn());
-    let ctx = RequestContext::new(tenant, Actor::user(Uuid::now_v7()).named("Ada")?)?
+    let ctx = RequestContext::new(tenant, Actor::user(Uuid::now_v7())?.named("Ada")?)?
         .with_trace("trace-9", Some("span-9"))?;
 
     let events: Vec<_> = (0..10)
@@ -514,8 +514,8 @@ fn actors(tenant: Uuid) -> anyhow::Result<Vec<RequestContext>> {
     let alice = Uuid::parse_str("018f0000-0000-7000-8000-00000000000a")?;
     let bob = Uuid::parse_str("018f0000-0000-7000-8000-00000000000b")?;
     Ok(vec![
-        RequestContext::new(tenant, Actor::user(alice).named("Alice")?)?,
-        RequestContext::new(tenant, Actor::user(bob))?,
+        RequestContext::new(tenant, Actor::user(alice)?.named("Alice")?)?,
+        RequestContext::new(tenant, Actor::user(bob)?)?,
         RequestContext::new(tenant, Actor::system("sla-sweeper")?)?,
         RequestContext::new(
             tenant,

@@ -22,14 +22,17 @@ const TENANT_FKEY: &str = "conversations_tenant_id_fkey";
 /// A tenant and a context acting in it.
 async fn tenant(db: &impl ConnectionTrait, slug: &str) -> anyhow::Result<RequestContext> {
     let tenant = fixtures::tenant(db, slug).await?;
-    Ok(RequestContext::new(tenant.id, Actor::user(Uuid::now_v7()))?)
+    Ok(RequestContext::new(
+        tenant.id,
+        Actor::user(Uuid::now_v7())?,
+    )?)
 }
 
 /// A context for a tenant that does not exist.
 fn ghost() -> anyhow::Result<RequestContext> {
     Ok(RequestContext::new(
         Uuid::now_v7(),
-        Actor::user(Uuid::now_v7()),
+        Actor::user(Uuid::now_v7())?,
     )?)
 }
 

@@ -1,11 +1,14 @@
 //! `GroupRepository` on the real schema, on both backends: creation and its validation, lookups,
-//! keyset pages, updates, deletion, membership, member workloads, and confinement to the context's
-//! tenant.
+//! keyset pages, updates, deletion, membership, member workloads, archiving and what an archived
+//! group refuses, and confinement to the context's tenant.
 
-use orkestra_entity::{group_members, groups, sea_orm_active_enums::AssignmentStrategy};
+use orkestra_entity::{
+    group_members, groups,
+    sea_orm_active_enums::{AssignmentStrategy, GroupStatus},
+};
 use orkestra_repository::{
-    AssignTo, GroupRepository, GroupUpdate, MemberWorkload, NewGroup, NewTask, NewTenant, NewUser,
-    PageRequest, RequestContext, TaskRepository, TenantRepository, UserRepository,
+    AssignTo, Error, GroupRepository, GroupUpdate, MemberWorkload, NewGroup, NewTask, NewTenant,
+    NewUser, PageRequest, RequestContext, TaskRepository, TenantRepository, UserRepository,
     groups::{MEMBER_GROUP_FKEY, MEMBER_USER_FKEY, SLUG_KEY, TASK_GROUP_FKEY},
     validate::{DESCRIPTION_MAX, NAME_MAX, SLUG_MAX},
 };
@@ -16,7 +19,7 @@ use orkestra_tests::{
         refused,
     },
 };
-use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -62,6 +65,11 @@ async fn stored(
         .one(conn)
         .await?
         .expect("the group exists"))
+}
+
+/// A task to create, assigned to no one yet.
+fn task() -> NewTask {
+    NewTask::new("wf", "run", "Review", json!({}))
 }
 
 async fn membership_count(conn: &DatabaseConnection) -> anyhow::Result<u64> {
@@ -872,5 +880,247 @@ async fn a_tenant_sees_and_changes_none_of_another_tenants_groups() -> anyhow::R
     }
     assert_eq!(Snapshot::of_tenant(conn, b).await?, b_before, "B unchanged");
     assert_eq!(membership_count(conn).await?, 4);
+    Ok(())
+}
+
+/// Asserts that `error` is the refusal of `action` on an archived group.
+#[track_caller]
+fn assert_archived(error: &Error, group: Uuid, action: &str) {
+    match error {
+        Error::InvalidState {
+            entity: "group",
+            id,
+            state,
+            action: a,
+        } => {
+            assert_eq!(id, &group.to_string());
+            assert_eq!(state, "ARCHIVED");
+            assert_eq!(*a, action);
+        }
+        other => panic!("expected the archived group refused, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn an_archived_group_takes_no_new_tasks_or_members_and_keeps_its_history()
+-> anyhow::Result<()> {
+    let (db, tenant) = with_tenant().await?;
+    let (conn, app) = (db.conn(), db.app_conn());
+    let ctx = ctx(tenant);
+    let (ada, grace) = (
+        user(conn, &ctx, "ada").await?,
+        user(conn, &ctx, "grace").await?,
+    );
+    let (retired, other) = (
+        group(conn, &ctx, "retired").await?,
+        group(conn, &ctx, "other").await?,
+    );
+    let groups = GroupRepository::new(app);
+    let tasks = TaskRepository::new(app);
+    groups.add_member(&ctx, retired, ada).await?;
+    groups.add_member(&ctx, other, grace).await?;
+    let waiting = tasks
+        .create(&ctx, task().assigned_to(AssignTo::group(retired)))
+        .await?;
+    let claimed = tasks
+        .create(&ctx, task().assigned_to(AssignTo::group(retired)))
+        .await?;
+    tasks.claim(&ctx, claimed.id, ada).await?;
+    let finished = tasks
+        .create(&ctx, task().assigned_to(AssignTo::group(retired)))
+        .await?;
+    tasks.cancel(&ctx, finished.id, Some("not needed")).await?;
+    let mine = tasks
+        .create(
+            &ctx,
+            task().assigned_to(AssignTo {
+                user_id: Some(ada),
+                group_id: Some(retired),
+            }),
+        )
+        .await?;
+    assert_eq!(
+        tasks
+            .find_pending_for_user(&ctx, ada, &PageRequest::first(10))
+            .await?
+            .items
+            .len(),
+        2,
+        "before archiving, ada sees the group's task and her own"
+    );
+
+    let archived = groups.archive(&ctx, retired).await?;
+    assert_eq!(archived.status, GroupStatus::Archived);
+    let at = archived.archived_at.expect("archived_at is set");
+    assert_eq!(stored(conn, tenant, retired).await?, archived);
+    assert_eq!(
+        groups.find_by_id(&ctx, retired).await?.map(|g| g.status),
+        Some(GroupStatus::Archived)
+    );
+
+    // No new members, no new tasks, no task moved to it.
+    let error = refused(conn, groups.add_member(&ctx, retired, grace)).await?;
+    assert_archived(&error, retired, "add a member to");
+    let error = refused(
+        conn,
+        tasks.create(&ctx, task().assigned_to(AssignTo::group(retired))),
+    )
+    .await?;
+    assert_archived(&error, retired, "assign a task to");
+    let elsewhere = tasks
+        .create(&ctx, task().assigned_to(AssignTo::group(other)))
+        .await?;
+    let error = refused(
+        conn,
+        tasks.assign(&ctx, elsewhere.id, AssignTo::group(retired)),
+    )
+    .await?;
+    assert_archived(&error, retired, "assign a task to");
+    let error = refused(conn, groups.archive(&ctx, retired)).await?;
+    assert_archived(&error, retired, "archive");
+
+    // Its members no longer see or claim its tasks; a task assigned to them by name stays theirs.
+    let inbox = tasks
+        .find_pending_for_user(&ctx, ada, &PageRequest::first(10))
+        .await?;
+    assert_eq!(
+        inbox.items.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [mine.id]
+    );
+    let error = refused(conn, tasks.claim(&ctx, waiting.id, ada)).await?;
+    assert!(matches!(error, Error::Forbidden { .. }), "{error:?}");
+    let next = tasks.claim_next(&ctx, ada).await?;
+    assert_eq!(next.map(|t| t.id), Some(mine.id), "only her own task");
+    assert_eq!(tasks.claim_next(&ctx, ada).await?, None);
+
+    // The open tasks are listed for handing on; the finished one is not.
+    let stranded = tasks
+        .list_in_archived_groups(&ctx, &PageRequest::first(10))
+        .await?;
+    let mut ids: Vec<Uuid> = stranded.items.iter().map(|t| t.id).collect();
+    ids.sort();
+    let mut open = vec![waiting.id, claimed.id, mine.id];
+    open.sort();
+    assert_eq!(ids, open);
+    // The claimed one stays with its claimer, who completes it.
+    tasks
+        .complete(&ctx, claimed.id, ada, json!({"ok": true}))
+        .await?;
+    // The waiting one moves to an active group, whose member claims it.
+    tasks
+        .assign(&ctx, waiting.id, AssignTo::group(other))
+        .await?;
+    tasks.claim(&ctx, waiting.id, grace).await?;
+    let stranded = tasks
+        .list_in_archived_groups(&ctx, &PageRequest::first(10))
+        .await?;
+    assert_eq!(
+        stranded.items.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [mine.id]
+    );
+
+    // History still names the group; members can still leave it; it still cannot be deleted.
+    let history = tasks.history(&ctx, finished.id).await?;
+    assert_eq!(
+        history[0]
+            .details
+            .as_ref()
+            .map(|d| d["assigned_group_id"].clone()),
+        Some(json!(retired))
+    );
+    assert!(groups.remove_member(&ctx, retired, ada).await?);
+    let error = refused(conn, groups.delete(&ctx, retired)).await?;
+    assert_reference(&error, TASK_GROUP_FKEY);
+
+    // Restored, it takes members and tasks again.
+    let restored = groups.restore(&ctx, retired).await?;
+    assert_eq!(
+        (restored.status, restored.archived_at),
+        (GroupStatus::Active, None)
+    );
+    assert!(restored.updated_at >= at);
+    assert!(groups.add_member(&ctx, retired, grace).await?);
+    tasks
+        .create(&ctx, task().assigned_to(AssignTo::group(retired)))
+        .await?;
+    assert!(
+        tasks
+            .list_in_archived_groups(&ctx, &PageRequest::first(10))
+            .await?
+            .items
+            .is_empty()
+    );
+    let error = refused(conn, groups.restore(&ctx, retired)).await?;
+    assert!(
+        matches!(&error, Error::InvalidState { entity: "group", state, action: "restore", .. } if state == "ACTIVE"),
+        "{error:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn archiving_is_confined_to_the_contexts_tenant() -> anyhow::Result<()> {
+    let (db, acme) = with_tenant().await?;
+    let (conn, app) = (db.conn(), db.app_conn());
+    let globex = tenant(conn, "globex").await?;
+    let (acme_ctx, globex_ctx) = (ctx(acme), ctx(globex));
+    let theirs = group(conn, &globex_ctx, "theirs").await?;
+    let groups = GroupRepository::new(app);
+    let error = refused(conn, groups.archive(&acme_ctx, theirs)).await?;
+    assert_not_found(&error, "group", theirs);
+    groups.archive(&globex_ctx, theirs).await?;
+    let error = refused(conn, groups.restore(&acme_ctx, theirs)).await?;
+    assert_not_found(&error, "group", theirs);
+    let globex_user = user(conn, &globex_ctx, "hal").await?;
+    // Globex's archived group strands none of Acme's tasks, and Acme's list shows none of its.
+    let acme_group = group(conn, &acme_ctx, "ours").await?;
+    TaskRepository::new(app)
+        .create(&acme_ctx, task().assigned_to(AssignTo::group(acme_group)))
+        .await?;
+    assert!(
+        TaskRepository::new(app)
+            .list_in_archived_groups(&acme_ctx, &PageRequest::first(10))
+            .await?
+            .items
+            .is_empty()
+    );
+    assert!(
+        TaskRepository::new(app)
+            .list_in_archived_groups(&globex_ctx, &PageRequest::first(10))
+            .await?
+            .items
+            .is_empty()
+    );
+    let error = refused(conn, groups.add_member(&globex_ctx, theirs, globex_user)).await?;
+    assert_archived(&error, theirs, "add a member to");
+    Ok(())
+}
+
+/// PostgreSQL itself keeps `archived_at` set exactly while a group is archived.
+#[tokio::test]
+#[cfg_attr(
+    not(orkestra_pg),
+    ignore = "SQLite cannot add a table constraint to an existing table"
+)]
+async fn pg_archived_at_is_set_exactly_when_archived() -> anyhow::Result<()> {
+    let (db, tenant) = with_tenant().await?;
+    let conn = db.conn();
+    let ctx = ctx(tenant);
+    let id = group(conn, &ctx, "g").await?;
+    for set in [
+        "status = 'ARCHIVED'",
+        "archived_at = now()",
+        "status = 'ACTIVE', archived_at = now()",
+    ] {
+        let sql = format!("UPDATE groups SET {set} WHERE id = '{id}'");
+        let error = conn
+            .execute_unprepared(&sql)
+            .await
+            .expect_err("the check refuses it");
+        assert!(
+            error.to_string().contains("groups_archived_at_check"),
+            "{set}: {error}"
+        );
+    }
     Ok(())
 }

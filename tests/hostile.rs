@@ -94,6 +94,8 @@ enum Expect {
     Reference(&'static str),
     /// `Error::Forbidden`; nothing written.
     Forbidden,
+    /// `Error::InvalidState` of this kind of row; nothing written.
+    State(&'static str),
     /// `Ok` with nothing in it (`None`, an empty list or page, `false`, `0`); nothing written.
     Nothing,
     /// `Ok`, whatever was read; nothing written.
@@ -244,6 +246,7 @@ fn check(expect: &Expect, outcome: &Outcome, unchanged: bool) -> Result<(), Stri
         (Expect::NotFound(entity), Err(Error::NotFound { entity: e, .. })) => e == entity,
         (Expect::Reference(constraint), Err(Error::Reference { constraint: c })) => c == constraint,
         (Expect::Forbidden, Err(Error::Forbidden { .. })) => true,
+        (Expect::State(entity), Err(Error::InvalidState { entity: e, .. })) => e == entity,
         (Expect::Nothing, Ok(value)) => is_nothing(value),
         (Expect::Read, Ok(_)) => true,
         _ => false,
@@ -502,8 +505,9 @@ const NOWHERE: [(&str, Pick); 2] = [
 // The hostile inputs
 // ---------------------------------------------------------------------------------------------
 
-/// Texts with nothing in them once trimmed (Unicode `White_Space`).
-const BLANK: [(&str, &str); 5] = [
+/// Texts with nothing in them once trimmed (Unicode `White_Space`), or nothing visible: zero-width
+/// characters are kept inside text, but are not content.
+const BLANK: [(&str, &str); 6] = [
     ("empty", ""),
     ("space", " "),
     ("ASCII whitespace", " \t\r\n\u{b}\u{c} "),
@@ -512,6 +516,26 @@ const BLANK: [(&str, &str); 5] = [
         "\u{a0}\u{1680}\u{2003}\u{2028}\u{2029}\u{202f}\u{3000}\u{85}",
     ),
     ("blank padding", "\u{3000} \u{a0}"),
+    ("only invisible characters", "\u{200b}\u{200c}\u{200d}"),
+];
+
+/// Control characters other than tab and line breaks: refused in every text field (they would
+/// reach terminals, logs and exports as commands).
+const CONTROLS: [(&str, &str); 4] = [
+    (
+        "C0 and C1 controls",
+        "bell\u{7} esc\u{1b}[31m del\u{7f} csi\u{9b}",
+    ),
+    ("escape sequence", "\u{1b}[2J\u{1b}[H"),
+    ("DEL inside", "a\u{7f}b"),
+    ("C1 next line inside", "a\u{85}b"),
+];
+
+/// Tabs and line breaks inside: refused in single-line fields, kept in multi-line ones
+/// (descriptions, reasons, message contents).
+const LINE_BREAKS: [(&str, &str); 2] = [
+    ("line breaks inside", "line one\nline two\r\n\ttabbed"),
+    ("tab inside", "a\tb"),
 ];
 
 /// Texts holding a NUL byte, which PostgreSQL cannot store in `text`.
@@ -525,7 +549,7 @@ const NUL: [(&str, &str); 5] = [
 
 /// Texts that must be stored as given and read back byte for byte, never interpreted. None starts
 /// or ends with whitespace, so trimmed fields store them unchanged too.
-const VERBATIM: [(&str, &str); 20] = [
+const VERBATIM: [(&str, &str); 17] = [
     ("SQL: quote, semicolon, DROP", "'; DROP TABLE tasks; --"),
     ("SQL: double quote OR 1=1", "\" OR 1=1 --"),
     ("SQL: tautology", "' OR '1'='1"),
@@ -560,16 +584,10 @@ const VERBATIM: [(&str, &str); 20] = [
         "zero\u{200b}width\u{200d}joiner\u{feff}bom\u{2060}",
     ),
     (
-        "C0 and C1 controls",
-        "bell\u{7} esc\u{1b}[31m del\u{7f} csi\u{9b}",
-    ),
-    ("line breaks inside", "line one\nline two\r\n\ttabbed"),
-    (
         "astral and noncharacters",
         "𝕌𝕟𝕚𝕔𝕠𝕕𝕖 \u{1d11e} \u{fffe} \u{10ffff}",
     ),
     ("format strings", "%s %d %n {0} {} ${HOME} `id` $(id)"),
-    ("only invisible characters", "\u{200b}\u{200c}\u{200d}"),
 ];
 
 /// `n` characters of four bytes each, varied so PostgreSQL cannot compress them away: the
@@ -631,14 +649,15 @@ fn sized(bytes: usize) -> Value {
     value
 }
 
-/// An object made of every verbatim text, as keys and as values, with numbers at their edges.
+/// An object made of every verbatim text, control characters and line breaks included (JSON keeps
+/// every character but NUL), as keys and as values, with numbers at their edges.
 fn verbatim_json() -> Value {
-    let texts: serde_json::Map<String, Value> = VERBATIM
-        .iter()
+    let all = || VERBATIM.iter().chain(&CONTROLS).chain(&LINE_BREAKS);
+    let texts: serde_json::Map<String, Value> = all()
         .map(|(label, text)| ((*text).to_owned(), json!(label)))
         .collect();
     json!({
-        "texts": VERBATIM.iter().map(|(_, text)| *text).collect::<Vec<_>>(),
+        "texts": all().map(|(_, text)| *text).collect::<Vec<_>>(),
         "as keys": texts,
         "numbers": [0, -1, u64::MAX, i64::MIN, 0.5, -2.25, 1e-7, 1.5e300],
         "literals": [true, false, null, {}, [], "", " "],
@@ -653,9 +672,11 @@ fn verbatim_json() -> Value {
 /// How a text field treats its input.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kept {
-    /// Trimmed, then checked and stored (names, ids, labels...).
+    /// One line, trimmed, then checked and stored (names, ids, labels...).
     Trimmed,
-    /// Stored exactly as given, whitespace included (message contents).
+    /// Several lines, trimmed, then checked and stored (descriptions, reasons).
+    Prose,
+    /// Several lines, stored exactly as given, whitespace included (message contents).
     Verbatim,
 }
 
@@ -707,9 +728,19 @@ fn text_written(
         "y".repeat(max),
         stored(pointer, "y".repeat(max)),
     );
+    for (input, text) in CONTROLS {
+        add(input, text.to_owned(), Expect::Invalid(field));
+    }
+    for (input, text) in LINE_BREAKS {
+        let expect = match kept {
+            Kept::Trimmed => Expect::Invalid(field),
+            Kept::Prose | Kept::Verbatim => stored(pointer, text),
+        };
+        add(input, text.to_owned(), expect);
+    }
     let padded = format!("  {}\t\n", wide(max));
     match kept {
-        Kept::Trimmed => {
+        Kept::Trimmed | Kept::Prose => {
             add("at the limit, padded", padded, stored(pointer, wide(max)));
         }
         Kept::Verbatim => {
@@ -748,7 +779,12 @@ fn text_looked_up(
             call!(|env| read(env, value).await),
         );
     };
-    for (input, text) in BLANK.into_iter().chain(NUL) {
+    for (input, text) in BLANK
+        .into_iter()
+        .chain(NUL)
+        .chain(CONTROLS)
+        .chain(LINE_BREAKS)
+    {
         add(input, text.to_owned(), Expect::Invalid(field));
     }
     add(
@@ -1617,7 +1653,7 @@ async fn hostile_input_groups() -> anyhow::Result<()> {
         "description",
         DESCRIPTION_MAX,
         "/description",
-        Kept::Trimmed,
+        Kept::Prose,
         with!(|env, description: String| {
             let group = NewGroup {
                 description: Some(description),
@@ -1654,7 +1690,7 @@ async fn hostile_input_groups() -> anyhow::Result<()> {
         "description",
         DESCRIPTION_MAX,
         "/description",
-        Kept::Trimmed,
+        Kept::Prose,
         with!(|env, description: String| {
             let update = GroupUpdate {
                 description: Some(Some(description)),
@@ -1840,6 +1876,102 @@ async fn hostile_input_groups() -> anyhow::Result<()> {
             .list_members(&env.ctx, env.me.group, &PageRequest::first(limit))
             .await)),
     );
+    for (method, call) in [
+        (
+            "GroupRepository::archive",
+            with!(|env, id: Uuid| out(GroupRepository::new(&env.app).archive(&env.ctx, id).await)),
+        ),
+        (
+            "GroupRepository::restore",
+            with!(|env, id: Uuid| out(GroupRepository::new(&env.app).restore(&env.ctx, id).await)),
+        ),
+    ] {
+        ids_refused(
+            &mut table,
+            method,
+            their_group,
+            &Expect::NotFound("group"),
+            call,
+        );
+    }
+    table.add(
+        "GroupRepository::restore: an active group",
+        "active group",
+        Expect::State("group"),
+        call!(|env| out(GroupRepository::new(&env.app)
+            .restore(&env.ctx, env.me.group)
+            .await)),
+    );
+    limits(
+        &mut table,
+        "TaskRepository::list_in_archived_groups",
+        with!(|env, limit: u64| out(TaskRepository::new(&env.app)
+            .list_in_archived_groups(&env.ctx, &PageRequest::first(limit))
+            .await)),
+    );
+
+    // What an archived group refuses: each row works on a group archived for it.
+    table.prepare = Some(archived_group);
+    table.add(
+        "GroupRepository::archive: archived already",
+        "archived group",
+        Expect::State("group"),
+        call!(|env| out(GroupRepository::new(&env.app)
+            .archive(&env.ctx, env.me.group)
+            .await)),
+    );
+    table.add(
+        "GroupRepository::add_member: archived group",
+        "archived group",
+        Expect::State("group"),
+        call!(|env| out(GroupRepository::new(&env.app)
+            .add_member(&env.ctx, env.me.group, env.me.user)
+            .await)),
+    );
+    table.add(
+        "TaskRepository::create: assigned to an archived group",
+        "archived group",
+        Expect::State("group"),
+        call!(|env| out(TaskRepository::new(&env.app)
+            .create(
+                &env.ctx,
+                plain_task().assigned_to(AssignTo::group(env.me.group))
+            )
+            .await)),
+    );
+    table.add(
+        "TaskRepository::assign: to an archived group",
+        "archived group",
+        Expect::State("group"),
+        call!(|env| out(TaskRepository::new(&env.app)
+            .assign(&env.ctx, env.me.task, AssignTo::group(env.me.group))
+            .await)),
+    );
+    table.add(
+        "TaskRepository::find_pending_for_user: a member of an archived group",
+        "archived group",
+        Expect::Nothing,
+        call!(|env| out(TaskRepository::new(&env.app)
+            .find_pending_for_user(&env.ctx, env.me.user, &PageRequest::first(50))
+            .await
+            .map(|page| {
+                // Only the archived group's task counts: the user's own stay in the inbox.
+                let group = Some(env.me.group);
+                let items = page.items.into_iter();
+                items
+                    .filter(|t| t.assigned_group_id == group)
+                    .collect::<Vec<_>>()
+            }))),
+    );
+    table.add(
+        "TaskRepository::claim: through an archived group",
+        "archived group",
+        Expect::Forbidden,
+        call!(|env| out(TaskRepository::new(&env.app)
+            .claim(&env.ctx, env.me.claimed, env.me.user)
+            .await)),
+    );
+    table.prepare = None;
     table.run(&env).await
 }
 
@@ -1861,6 +1993,26 @@ fn fresh_task(mut env: Env) -> Pin<Box<dyn Future<Output = anyhow::Result<Env>> 
     })
 }
 
+/// Archives a new group of which the user is a member and which holds an assigned task
+/// (`me.claimed`, unclaimed here): `me.group` names the group.
+fn archived_group(mut env: Env) -> Pin<Box<dyn Future<Output = anyhow::Result<Env>> + Send>> {
+    Box::pin(async move {
+        let groups = GroupRepository::new(&env.app);
+        let group = groups
+            .create(&env.ctx, NewGroup::new("Retired", unique("r")))
+            .await?
+            .id;
+        groups.add_member(&env.ctx, group, env.me.user).await?;
+        let task = TaskRepository::new(&env.app)
+            .create(&env.ctx, plain_task().assigned_to(AssignTo::group(group)))
+            .await?;
+        groups.archive(&env.ctx, group).await?;
+        env.me.group = group;
+        env.me.claimed = task.id;
+        Ok(env)
+    })
+}
+
 #[tokio::test]
 async fn hostile_input_tasks() -> anyhow::Result<()> {
     let (_db, env) = setup().await?;
@@ -1872,7 +2024,7 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
         "TaskRepository::create",
         "workflow_id",
         ID_MAX,
-        "/workflow_id",
+        "/workflowId",
         Kept::Trimmed,
         with!(|env, id: String| {
             let task = NewTask::new(id, "run-1", "Title", json!({}));
@@ -1888,7 +2040,7 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
         "TaskRepository::create",
         "workflow_run_id",
         ID_MAX,
-        "/workflow_run_id",
+        "/workflowRunId",
         Kept::Trimmed,
         with!(|env, id: String| {
             let task = NewTask::new("wf-1", id, "Title", json!({}));
@@ -1904,9 +2056,9 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
         "TaskRepository::create: workflow_id and workflow_run_id",
         "both at the limit in 4-byte characters",
         Expect::Stored(vec![
-            ("/workflow_id".to_owned(), json!(wide(ID_MAX))),
+            ("/workflowId".to_owned(), json!(wide(ID_MAX))),
             (
-                "/workflow_run_id".to_owned(),
+                "/workflowRunId".to_owned(),
                 json!(wide(ID_MAX).chars().rev().collect::<String>()),
             ),
         ]),
@@ -1942,7 +2094,7 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
         "description",
         DESCRIPTION_MAX,
         "/description",
-        Kept::Trimmed,
+        Kept::Prose,
         with!(|env, description: String| {
             let task = NewTask {
                 description: Some(description),
@@ -1956,9 +2108,9 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
         }),
     );
     for (field, pointer) in [
-        ("form_schema", "/form_schema"),
+        ("form_schema", "/formSchema"),
         ("context", "/context"),
-        ("sla.config", "/sla_config"),
+        ("sla.config", "/slaConfig"),
     ] {
         json_written(
             &mut table,
@@ -2009,7 +2161,7 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
             "TaskRepository::list_by_workflow_run: finds the stored task",
             input,
             Expect::Stored(vec![
-                ("/items/0/workflow_id".to_owned(), json!(text)),
+                ("/items/0/workflowId".to_owned(), json!(text)),
                 ("/next".to_owned(), Value::Null),
             ]),
             call!(|env| out(TaskRepository::new(&env.app)
@@ -2251,7 +2403,7 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
         "reason",
         DESCRIPTION_MAX,
         "/history/details/reason",
-        Kept::Trimmed,
+        Kept::Prose,
         with!(|env, reason: String| {
             let cancelled = TaskRepository::new(&env.app)
                 .cancel(&env.ctx, env.me.task, Some(&reason))
@@ -2264,7 +2416,7 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
         &mut late,
         "TaskRepository::complete",
         "form_data",
-        "/form_data",
+        "/formData",
         true,
         with!(|env, form_data: Value| {
             let completed = TaskRepository::new(&env.app)
@@ -2382,7 +2534,7 @@ async fn hostile_input_tasks() -> anyhow::Result<()> {
             "TaskRepository::create: sla.deadline",
             input,
             stored(
-                "/sla_deadline",
+                "/slaDeadline",
                 json!(time.with_timezone(&Utc).fixed_offset()),
             ),
             call!(|env| {
@@ -2475,7 +2627,7 @@ async fn hostile_input_conversations() -> anyhow::Result<()> {
         "ConversationRepository::create",
         "external_id",
         ID_MAX,
-        "/external_id",
+        "/externalId",
         Kept::Trimmed,
         with!(|env, external_id: String| {
             let conversation = NewConversation::new(json!({})).external(unique("c"), external_id);
@@ -2512,7 +2664,7 @@ async fn hostile_input_conversations() -> anyhow::Result<()> {
         "both at the limit in 4-byte characters",
         Expect::Stored(vec![
             ("/channel".to_owned(), json!(wide(LABEL_MAX))),
-            ("/external_id".to_owned(), json!(wide(ID_MAX))),
+            ("/externalId".to_owned(), json!(wide(ID_MAX))),
         ]),
         call!(|env| {
             let conversation =
@@ -2553,7 +2705,7 @@ async fn hostile_input_conversations() -> anyhow::Result<()> {
         "ConversationRepository::get_or_create",
         "external_id",
         ID_MAX,
-        "/external_id",
+        "/externalId",
         Kept::Trimmed,
         with!(|env, external_id: String| {
             let got = ConversationRepository::new(&env.app)
@@ -2861,7 +3013,13 @@ async fn hostile_input_audit() -> anyhow::Result<()> {
         ("resource_type", LABEL_MAX),
         ("resource_id", ID_MAX),
     ] {
-        let pointer = format!("/{field}");
+        // The model's JSON names its fields in camelCase.
+        let pointer = match field {
+            "event_type" => "/eventType",
+            "resource_type" => "/resourceType",
+            "resource_id" => "/resourceId",
+            _ => "/action",
+        };
         let set = move |event: &mut NewAuditEvent, text: String| match field {
             "event_type" => event.event_type = text,
             "action" => event.action = text,
@@ -2873,7 +3031,7 @@ async fn hostile_input_audit() -> anyhow::Result<()> {
             "AuditRepository::record",
             field,
             max,
-            &pointer,
+            pointer,
             Kept::Trimmed,
             with!(|env, text: String| {
                 let mut event = event();
@@ -2975,10 +3133,10 @@ async fn hostile_input_audit() -> anyhow::Result<()> {
             input,
             Expect::Stored(vec![
                 ("/count".to_owned(), json!(2)),
-                ("/rows/0/event_type".to_owned(), json!(text)),
+                ("/rows/0/eventType".to_owned(), json!(text)),
                 ("/rows/0/action".to_owned(), json!(text)),
-                ("/rows/0/resource_type".to_owned(), json!(text)),
-                ("/rows/0/resource_id".to_owned(), json!(text)),
+                ("/rows/0/resourceType".to_owned(), json!(text)),
+                ("/rows/0/resourceId".to_owned(), json!(text)),
                 ("/rows/1/details".to_owned(), json!({ "text": text })),
             ]),
             call!(|env| {
@@ -3023,8 +3181,8 @@ async fn hostile_input_audit() -> anyhow::Result<()> {
         "AuditRepository::query: finds the stored events",
         "SQL: quote, semicolon, DROP",
         Expect::Stored(vec![
-            ("/items/0/resource_id".to_owned(), json!(VERBATIM[0].1)),
-            ("/items/1/resource_id".to_owned(), json!(VERBATIM[0].1)),
+            ("/items/0/resourceId".to_owned(), json!(VERBATIM[0].1)),
+            ("/items/1/resourceId".to_owned(), json!(VERBATIM[0].1)),
         ]),
         call!(|env| out(AuditRepository::new(&env.app)
             .query(
@@ -3164,17 +3322,47 @@ async fn hostile_input_contexts() -> anyhow::Result<()> {
         "nil UUID",
         Expect::Invalid("tenant_id"),
         call!(|env| {
-            let ctx = RequestContext::new(Uuid::nil(), Actor::user(env.me.user));
+            let ctx = RequestContext::new(Uuid::nil(), Actor::user(env.me.user)?);
+            recorded(&env, ctx).await
+        }),
+    );
+    table.add(
+        "Actor::user: id",
+        "nil UUID",
+        Expect::Invalid("actor.id"),
+        call!(|env| {
+            let ctx = Actor::user(Uuid::nil())
+                .and_then(|actor| RequestContext::new(env.me.tenant, actor));
             recorded(&env, ctx).await
         }),
     );
     for kind in [ActorKind::User, ActorKind::System, ActorKind::Agent] {
+        // Every spelling of the nil UUID that `Uuid::parse_str` reads.
+        let nils = [
+            "00000000-0000-0000-0000-000000000000",
+            "00000000000000000000000000000000",
+            "{00000000-0000-0000-0000-000000000000}",
+            "urn:uuid:00000000-0000-0000-0000-000000000000",
+            "  00000000-0000-0000-0000-000000000000 ",
+        ];
+        for nil in nils {
+            table.add(
+                format!("Actor::new ({kind:?}): actor.id"),
+                format!("nil UUID {nil:?}"),
+                Expect::Invalid("actor.id"),
+                call!(|env| {
+                    let ctx = Actor::new(kind, nil, None)
+                        .and_then(|actor| RequestContext::new(env.me.tenant, actor));
+                    recorded(&env, ctx).await
+                }),
+            );
+        }
         text_written(
             &mut table,
             "Actor::new",
             "actor.id",
             ID_MAX,
-            "/actor_id",
+            "/actorId",
             Kept::Trimmed,
             with!(|env, id: String| {
                 let ctx = Actor::new(kind, id, None)
@@ -3188,7 +3376,7 @@ async fn hostile_input_contexts() -> anyhow::Result<()> {
         "Actor::new",
         "actor.name",
         NAME_MAX,
-        "/actor_name",
+        "/actorName",
         Kept::Trimmed,
         with!(|env, name: String| {
             let ctx = Actor::new(ActorKind::Agent, "agent-7", Some(name))
@@ -3201,7 +3389,7 @@ async fn hostile_input_contexts() -> anyhow::Result<()> {
         "Actor::system",
         "actor.id",
         ID_MAX,
-        "/actor_id",
+        "/actorId",
         Kept::Trimmed,
         with!(|env, component: String| {
             let ctx = Actor::system(&component)
@@ -3214,10 +3402,10 @@ async fn hostile_input_contexts() -> anyhow::Result<()> {
         "Actor::named",
         "actor.name",
         NAME_MAX,
-        "/actor_name",
+        "/actorName",
         Kept::Trimmed,
         with!(|env, name: String| {
-            let ctx = Actor::user(env.me.user)
+            let ctx = Actor::user(env.me.user)?
                 .named(&name)
                 .and_then(|actor| RequestContext::new(env.me.tenant, actor));
             recorded(&env, ctx).await
@@ -3228,10 +3416,10 @@ async fn hostile_input_contexts() -> anyhow::Result<()> {
         "RequestContext::with_trace",
         "trace_id",
         TRACE_MAX,
-        "/trace_id",
+        "/traceId",
         Kept::Trimmed,
         with!(|env, trace: String| {
-            let ctx = RequestContext::new(env.me.tenant, Actor::user(env.me.user))
+            let ctx = RequestContext::new(env.me.tenant, Actor::user(env.me.user)?)
                 .and_then(|ctx| ctx.with_trace(&trace, None));
             recorded(&env, ctx).await
         }),
@@ -3241,10 +3429,10 @@ async fn hostile_input_contexts() -> anyhow::Result<()> {
         "RequestContext::with_trace",
         "span_id",
         TRACE_MAX,
-        "/span_id",
+        "/spanId",
         Kept::Trimmed,
         with!(|env, span: String| {
-            let ctx = RequestContext::new(env.me.tenant, Actor::user(env.me.user))
+            let ctx = RequestContext::new(env.me.tenant, Actor::user(env.me.user)?)
                 .and_then(|ctx| ctx.with_trace("trace-1", Some(&span)));
             recorded(&env, ctx).await
         }),
@@ -3254,7 +3442,7 @@ async fn hostile_input_contexts() -> anyhow::Result<()> {
         table.add(
             "TaskRepository::create: history actor_id",
             input,
-            stored("/history/actor_id", text),
+            stored("/history/actorId", text),
             call!(|env| {
                 let ctx =
                     RequestContext::new(env.me.tenant, Actor::new(ActorKind::Agent, text, None)?)?;
@@ -3405,12 +3593,8 @@ async fn hostile_input_enum_labels() -> anyhow::Result<()> {
         table.add(
             "GroupRepository::create: parsed assignment strategy",
             format!("label {label}"),
-            // Models serialise their enums by variant name (`RoundRobin`), not by label.
-            stored(
-                "/assignment_strategy",
-                serde_json::to_value(label.parse::<AssignmentStrategy>().expect("a label"))
-                    .expect("an enum serialises"),
-            ),
+            // Models serialise their enums by label, as the database and the seed spell them.
+            stored("/assignmentStrategy", json!(label)),
             call!(|env| {
                 let group = NewGroup {
                     assignment_strategy: Some(label.parse().expect("a label")),

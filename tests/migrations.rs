@@ -25,7 +25,7 @@ async fn up_builds_every_table_and_down_to_zero_leaves_nothing_behind() -> anyho
     let first = Catalog::read(conn).await?;
     assert_eq!(first.tables.keys().collect::<Vec<_>>(), TABLES);
     if db.backend() == sea_orm::DbBackend::Postgres {
-        assert_eq!(first.enums.len(), 6, "{:?}", first.enums.keys());
+        assert_eq!(first.enums.len(), 7, "{:?}", first.enums.keys());
         assert_eq!(
             first.functions,
             [
@@ -33,6 +33,7 @@ async fn up_builds_every_table_and_down_to_zero_leaves_nothing_behind() -> anyho
                 "orkestra_bind_tenant",
                 "orkestra_conversation_status_text",
                 "orkestra_current_tenant",
+                "orkestra_group_status_text",
                 "orkestra_refuse_audit_update",
                 "orkestra_task_status_text",
                 "orkestra_tenant_status_text",
@@ -41,8 +42,8 @@ async fn up_builds_every_table_and_down_to_zero_leaves_nothing_behind() -> anyho
                 "orkestra_user_status_text",
             ]
         );
-        // One immutable cast to text per enum (migration 12).
-        assert_eq!(first.casts.len(), 6, "{:?}", first.casts);
+        // One immutable cast to text per enum (migrations 12 and 16).
+        assert_eq!(first.casts.len(), 7, "{:?}", first.casts);
         for (name, table) in &first.tables {
             assert_eq!(table.row_security, (true, true), "row security of {name}");
             assert!(!table.policies.is_empty(), "policies of {name}");
@@ -135,10 +136,10 @@ async fn each_migration_down_restores_exactly_the_schema_before_it() -> anyhow::
     let db = TestDb::empty().await?;
     let conn = db.conn();
     let count = Migrator::migrations().len();
-    assert_eq!(count, 15);
+    assert_eq!(count, 16);
     // Row-level security and its roles (migration 8), the enum casts (12), the policies' form
     // (13) and the tenant-binding function (15) exist on PostgreSQL only; the distribution (14)
-    // on Citus only.
+    // on Citus only. The group lifecycle (16) adds columns on both.
     let changes_the_schema = |step: usize| match step {
         7 | 11 | 12 | 14 => db.backend() == sea_orm::DbBackend::Postgres,
         13 => db.is_citus(),

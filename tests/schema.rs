@@ -82,6 +82,14 @@ const SCHEMA: &[(&str, Columns)] = &[
             ),
             ("created_at", TZ, false, NOW),
             ("updated_at", TZ, false, NOW),
+            // Migration 16, after the seed's columns.
+            (
+                "status",
+                "group_status",
+                false,
+                Some("'ACTIVE'::group_status"),
+            ),
+            ("archived_at", TZ, true, None),
         ],
     ),
     (
@@ -379,6 +387,7 @@ const ENUMS: &[(&str, &[&str])] = &[
         &["ROUND_ROBIN", "LOAD_BALANCED", "MANUAL"],
     ),
     ("conversation_status", &["ACTIVE", "CLOSED", "ARCHIVED"]),
+    ("group_status", &["ACTIVE", "ARCHIVED"]),
     (
         "task_status",
         &[

@@ -71,7 +71,11 @@ fn new_task(title: &str) -> NewTask {
 }
 
 fn as_user(t: &Tenant, user: Uuid) -> RequestContext {
-    RequestContext::new(t.ctx.tenant_id(), Actor::user(user)).expect("valid context")
+    RequestContext::new(
+        t.ctx.tenant_id(),
+        Actor::user(user).expect("a non-nil user"),
+    )
+    .expect("valid context")
 }
 
 async fn counts(db: &impl ConnectionTrait) -> anyhow::Result<(u64, u64)> {

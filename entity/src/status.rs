@@ -3,7 +3,8 @@
 use std::str::FromStr;
 
 use crate::sea_orm_active_enums::{
-    AssignmentStrategy, ConversationStatus, TaskStatus, TenantStatus, UserRole, UserStatus,
+    AssignmentStrategy, ConversationStatus, GroupStatus, TaskStatus, TenantStatus, UserRole,
+    UserStatus,
 };
 
 impl TaskStatus {
@@ -58,6 +59,21 @@ impl TenantStatus {
     /// Whether the tenant may use the platform (only `ACTIVE` tenants may).
     pub fn is_active(&self) -> bool {
         *self == TenantStatus::Active
+    }
+}
+
+impl GroupStatus {
+    /// The label stored in the database (`"ACTIVE"`, `"ARCHIVED"`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GroupStatus::Active => "ACTIVE",
+            GroupStatus::Archived => "ARCHIVED",
+        }
+    }
+
+    /// Whether the group takes new tasks and members, and offers its tasks to its members.
+    pub fn is_active(&self) -> bool {
+        *self == GroupStatus::Active
     }
 }
 
@@ -140,6 +156,7 @@ parse_labels! {
     UserStatus => "user_status",
     ConversationStatus => "conversation_status",
     AssignmentStrategy => "assignment_strategy",
+    GroupStatus => "group_status",
 }
 
 #[cfg(test)]
@@ -150,11 +167,30 @@ mod tests {
 
     use super::*;
 
-    /// Each label parses to its variant, every variant has a label, and near misses are refused.
+    /// Each label parses to its variant, every variant has a label, near misses are refused, and
+    /// each variant serialises to its label in JSON and back (as a REST layer hands it on).
     fn parses_exactly<E>(kind: &str, labels: &[(&str, E)])
     where
-        E: FromStr<Err = UnknownVariant> + Iterable + PartialEq + Debug,
+        E: FromStr<Err = UnknownVariant>
+            + Iterable
+            + PartialEq
+            + Debug
+            + serde::Serialize
+            + serde::de::DeserializeOwned,
     {
+        for (label, variant) in labels {
+            let json = serde_json::to_value(variant).expect("an enum serialises");
+            assert_eq!(json, serde_json::json!(label), "{kind} {variant:?}");
+            let back: E = serde_json::from_value(json).expect("a label deserialises");
+            assert_eq!(&back, variant, "{kind} {label}");
+        }
+        // The Rust variant names were what models carried before the labels.
+        for (label, variant) in labels {
+            let name = format!("{variant:?}");
+            if name != *label {
+                assert!(serde_json::from_value::<E>(serde_json::json!(name)).is_err());
+            }
+        }
         assert_eq!(
             E::iter().count(),
             labels.len(),
@@ -194,6 +230,7 @@ mod tests {
     fn every_enum_parses_exactly_its_database_labels() {
         use AssignmentStrategy as A;
         use ConversationStatus as C;
+        use GroupStatus as G;
         use TaskStatus as T;
         use TenantStatus as N;
         use UserRole as R;
@@ -229,6 +266,8 @@ mod tests {
             ("MANUAL", A::Manual),
         ];
         parses_exactly("assignment_strategy", &strategies);
+        let groups = [("ACTIVE", G::Active), ("ARCHIVED", G::Archived)];
+        parses_exactly("group_status", &groups);
         // What `as_str` writes, parsing reads back.
         for status in T::iter() {
             assert_eq!(status.as_str().parse::<T>(), Ok(status));

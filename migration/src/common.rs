@@ -64,8 +64,14 @@ pub(crate) const CONVERSATION_STATUS: DbEnum = DbEnum {
     name: "conversation_status",
     labels: &["ACTIVE", "CLOSED", "ARCHIVED"],
 };
+/// A group's lifecycle (migration 16); not in the seed.
+pub(crate) const GROUP_STATUS: DbEnum = DbEnum {
+    name: "group_status",
+    labels: &["ACTIVE", "ARCHIVED"],
+};
 
-/// Every enum of the schema.
+/// The enums of the first migrations (the seed's). Later ones are made by their own migration:
+/// [`GROUP_STATUS`] by migration 16.
 pub(crate) const ENUMS: [&DbEnum; 6] = [
     &TENANT_STATUS,
     &USER_ROLE,
@@ -166,6 +172,36 @@ impl DbEnum {
         manager
             .drop_type(Type::drop().name(self.name).to_owned())
             .await
+    }
+
+    /// The immutable cast of this type to text and its function (PostgreSQL), which Citus needs
+    /// in `RETURNING` clauses: see migration 12, which made them for the first six enums.
+    pub(crate) fn text_cast(&self) -> [String; 2] {
+        let (name, function) = (self.name, self.text_cast_function());
+        // `OR REPLACE`: `migrate fresh` drops types (and with them this cast and function), but a
+        // function left behind by an interrupted run must not stop a rerun.
+        [
+            format!(
+                "CREATE OR REPLACE FUNCTION {function}({name}) RETURNS text \
+                 LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE \
+                 AS $$ SELECT pg_catalog.textin(pg_catalog.enum_out($1)) $$"
+            ),
+            format!("CREATE CAST ({name} AS text) WITH FUNCTION {function}({name}) AS ASSIGNMENT"),
+        ]
+    }
+
+    /// Drops what [`DbEnum::text_cast`] makes.
+    pub(crate) fn drop_text_cast(&self) -> [String; 2] {
+        let name = self.name;
+        [
+            format!("DROP CAST ({name} AS text)"),
+            format!("DROP FUNCTION {}({name})", self.text_cast_function()),
+        ]
+    }
+
+    /// The function behind the cast of this type to text.
+    fn text_cast_function(&self) -> String {
+        format!("orkestra_{}_text", self.name)
     }
 
     /// A `NOT NULL` column of this enum with the given default label.

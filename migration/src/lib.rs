@@ -32,6 +32,7 @@ mod m20261201_000012_enum_text_casts;
 mod m20261201_000013_policies_for_citus;
 mod m20261201_000014_distribute_on_citus;
 mod m20261206_000015_bind_tenant_function;
+mod m20261206_000016_group_lifecycle;
 
 pub use m20261125_000008_row_level_security::{APP_ROLE, SYSTEM_ROLE};
 
@@ -57,6 +58,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000013_policies_for_citus::Migration),
             Box::new(m20261201_000014_distribute_on_citus::Migration),
             Box::new(m20261206_000015_bind_tenant_function::Migration),
+            Box::new(m20261206_000016_group_lifecycle::Migration),
         ]
     }
 }

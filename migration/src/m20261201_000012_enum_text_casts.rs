@@ -25,31 +25,12 @@ use crate::common::{ENUMS, execute_on_postgres};
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
-/// The function behind the cast of enum type `name`.
-fn function(name: &str) -> String {
-    format!("orkestra_{name}_text")
-}
-
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let statements = ENUMS
             .iter()
-            .flat_map(|db_enum| {
-                let (name, function) = (db_enum.name, function(db_enum.name));
-                // `OR REPLACE`: `migrate fresh` drops types (and with them this cast and function),
-                // but a function left behind by an interrupted run must not stop a rerun.
-                [
-                    format!(
-                        "CREATE OR REPLACE FUNCTION {function}({name}) RETURNS text \
-                     LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE \
-                     AS $$ SELECT pg_catalog.textin(pg_catalog.enum_out($1)) $$"
-                    ),
-                    format!(
-                    "CREATE CAST ({name} AS text) WITH FUNCTION {function}({name}) AS ASSIGNMENT"
-                ),
-                ]
-            })
+            .flat_map(|db_enum| db_enum.text_cast())
             .collect();
         execute_on_postgres(manager, statements).await
     }
@@ -58,13 +39,7 @@ impl MigrationTrait for Migration {
         let statements = ENUMS
             .iter()
             .rev()
-            .flat_map(|db_enum| {
-                let name = db_enum.name;
-                [
-                    format!("DROP CAST ({name} AS text)"),
-                    format!("DROP FUNCTION {}({name})", function(name)),
-                ]
-            })
+            .flat_map(|db_enum| db_enum.drop_text_cast())
             .collect();
         execute_on_postgres(manager, statements).await
     }

@@ -2,6 +2,7 @@
 //!
 //! ```sh
 //! cargo run --example quickstart                      # an in-memory SQLite database
+//! RUST_LOG=orkestra=debug cargo run --example quickstart   # with every call's span on stderr
 //! DATABASE_URL=postgres://... cargo run --example quickstart
 //! # as deployed: a service login (orkestra_app) and an administration login (orkestra_system),
 //! # on a database an operator migrated with `sea-orm-cli migrate up`
@@ -26,6 +27,7 @@ use serde_json::json;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    print_traces()?;
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite::memory:".to_owned());
     let backend = if url.starts_with("sqlite:") {
         "SQLite"
@@ -168,8 +170,8 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Grace and Ada both go for the group task; the first claim wins, the second is told why not.
-    let as_grace = RequestContext::new(tenant.id, Actor::user(grace.id).named(&grace.name)?)?;
-    let as_ada = RequestContext::new(tenant.id, Actor::user(ada.id).named(&ada.name)?)?;
+    let as_grace = RequestContext::new(tenant.id, Actor::user(grace.id)?.named(&grace.name)?)?;
+    let as_ada = RequestContext::new(tenant.id, Actor::user(ada.id)?.named(&ada.name)?)?;
     let claimed = tasks.claim(&as_grace, for_group.id, grace.id).await?;
     println!(
         "\n8. Grace claims {:?}: it is {}.",
@@ -282,5 +284,26 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     println!("\nDone: every write above went through a tenant-scoped repository.");
+    Ok(())
+}
+
+/// With `RUST_LOG` set (`orkestra=debug`: every call's span and its statements; `orkestra=info`:
+/// the calls alone), prints each span on standard error as it closes, with its fields and time.
+fn print_traces() -> anyhow::Result<()> {
+    use tracing_subscriber::fmt::format::FmtSpan;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let Ok(filter) = std::env::var("RUST_LOG") else {
+        return Ok(());
+    };
+    let targets: tracing_subscriber::filter::Targets = filter.parse()?;
+    let spans = tracing_subscriber::fmt::layer()
+        .with_span_events(FmtSpan::CLOSE)
+        .with_writer(std::io::stderr);
+    tracing_subscriber::registry()
+        .with(spans)
+        .with(targets)
+        .try_init()?;
     Ok(())
 }

@@ -18,6 +18,7 @@ use crate::clock::{bound, utc};
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{Page, PageRequest, TimeCursor};
+use crate::trace::{span, traced};
 use crate::tx::Connection;
 use crate::{now, scope, tenant_read, tenant_transaction, validate};
 
@@ -172,9 +173,12 @@ impl<'a, C: Connection> AuditRepository<'a, C> {
         ctx: &RequestContext,
         event: NewAuditEvent,
     ) -> Result<audit_events::Model> {
-        let row = row(ctx, event, Uuid::now_v7(), now())?;
-        tenant_transaction(self.db, ctx, async |txn| {
-            row.insert(txn).await.or_reference(TENANT_FKEY)
+        traced(span!("orkestra.audit.record", ctx), async move {
+            let row = row(ctx, event, Uuid::now_v7(), now())?;
+            tenant_transaction(self.db, ctx, async |txn| {
+                row.insert(txn).await.or_reference(TENANT_FKEY)
+            })
+            .await
         })
         .await
     }
@@ -200,46 +204,49 @@ impl<'a, C: Connection> AuditRepository<'a, C> {
         ctx: &RequestContext,
         events: Vec<NewAuditEvent>,
     ) -> Result<u64> {
-        if events.len() > RECORD_MANY_MAX {
-            return Err(Error::validation(
-                "events",
-                format!(
-                    "holds {} events; the limit is {RECORD_MANY_MAX}",
-                    events.len()
-                ),
-            ));
-        }
-        if events.is_empty() {
-            return Ok(0);
-        }
-        let created_at = now();
-        let rows = events
-            .into_iter()
-            .enumerate()
-            .map(|(index, event)| {
-                row(ctx, event, Uuid::now_v7(), created_at).map_err(|error| match error {
-                    Error::Validation { field, reason } => Error::Validation {
-                        field,
-                        reason: format!("{reason} (event {index} of the batch)"),
-                    },
-                    other => other,
-                })
-            })
-            .collect::<Result<Vec<_>>>()?;
-
-        let chunk = match self.db.get_database_backend() {
-            DbBackend::Sqlite => SQLITE_PARAMETERS_MAX / COLUMNS,
-            _ => RECORD_MANY_MAX,
-        };
-        tenant_transaction(self.db, ctx, async |txn| {
-            let mut written = 0;
-            let mut rows = rows.into_iter().peekable();
-            while rows.peek().is_some() {
-                written += insert(txn, rows.by_ref().take(chunk).collect())
-                    .await
-                    .or_reference(TENANT_FKEY)?;
+        traced(span!("orkestra.audit.record_many", ctx), async move {
+            if events.len() > RECORD_MANY_MAX {
+                return Err(Error::validation(
+                    "events",
+                    format!(
+                        "holds {} events; the limit is {RECORD_MANY_MAX}",
+                        events.len()
+                    ),
+                ));
             }
-            Ok(written)
+            if events.is_empty() {
+                return Ok(0);
+            }
+            let created_at = now();
+            let rows = events
+                .into_iter()
+                .enumerate()
+                .map(|(index, event)| {
+                    row(ctx, event, Uuid::now_v7(), created_at).map_err(|error| match error {
+                        Error::Validation { field, reason } => Error::Validation {
+                            field,
+                            reason: format!("{reason} (event {index} of the batch)"),
+                        },
+                        other => other,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+
+            let chunk = match self.db.get_database_backend() {
+                DbBackend::Sqlite => SQLITE_PARAMETERS_MAX / COLUMNS,
+                _ => RECORD_MANY_MAX,
+            };
+            tenant_transaction(self.db, ctx, async |txn| {
+                let mut written = 0;
+                let mut rows = rows.into_iter().peekable();
+                while rows.peek().is_some() {
+                    written += insert(txn, rows.by_ref().take(chunk).collect())
+                        .await
+                        .or_reference(TENANT_FKEY)?;
+                }
+                Ok(written)
+            })
+            .await
         })
         .await
     }
@@ -257,31 +264,34 @@ impl<'a, C: Connection> AuditRepository<'a, C> {
         query: &AuditQuery,
         page: &PageRequest<TimeCursor>,
     ) -> Result<Page<audit_events::Model, TimeCursor>> {
-        page.after.as_ref().map(TimeCursor::check).transpose()?;
-        let mut select = filtered(ctx, query)?;
-        if let Some(after) = &page.after {
-            // A row-value comparison rather than its OR form: PostgreSQL turns it into a single
-            // index range on (tenant_id, created_at, id), where the OR form needs a filter.
-            select = select.filter(
-                Expr::tuple([
-                    Expr::col((audit_events::Entity, audit_events::Column::CreatedAt)),
-                    Expr::col((audit_events::Entity, audit_events::Column::Id)),
-                ])
-                .lt(Expr::tuple([
-                    Expr::value(utc(after.created_at)),
-                    Expr::value(after.id),
-                ])),
-            );
-        }
-        let select = select
-            .order_by_desc(audit_events::Column::CreatedAt)
-            .order_by_desc(audit_events::Column::Id)
-            .limit(page.fetch()?);
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await?;
-        Ok(Page::from_rows(rows, page.limit, |event| TimeCursor {
-            created_at: event.created_at,
-            id: event.id,
-        }))
+        traced(span!("orkestra.audit.query", ctx), async move {
+            page.after.as_ref().map(TimeCursor::check).transpose()?;
+            let mut select = filtered(ctx, query)?;
+            if let Some(after) = &page.after {
+                // A row-value comparison rather than its OR form: PostgreSQL turns it into a single
+                // index range on (tenant_id, created_at, id), where the OR form needs a filter.
+                select = select.filter(
+                    Expr::tuple([
+                        Expr::col((audit_events::Entity, audit_events::Column::CreatedAt)),
+                        Expr::col((audit_events::Entity, audit_events::Column::Id)),
+                    ])
+                    .lt(Expr::tuple([
+                        Expr::value(utc(after.created_at)),
+                        Expr::value(after.id),
+                    ])),
+                );
+            }
+            let select = select
+                .order_by_desc(audit_events::Column::CreatedAt)
+                .order_by_desc(audit_events::Column::Id)
+                .limit(page.fetch()?);
+            let rows = tenant_read(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await?;
+            Ok(Page::from_rows(rows, page.limit, |event| TimeCursor {
+                created_at: event.created_at,
+                id: event.id,
+            }))
+        })
+        .await
     }
 
     /// How many of the tenant's events match `query`.
@@ -292,8 +302,11 @@ impl<'a, C: Connection> AuditRepository<'a, C> {
     ///   ([`validate::INSTANT_MIN`]);
     /// - [`Error::Db`].
     pub async fn count(&self, ctx: &RequestContext, query: &AuditQuery) -> Result<u64> {
-        let select = filtered(ctx, query)?;
-        tenant_read(self.db, ctx, async |txn| Ok(select.count(txn).await?)).await
+        traced(span!("orkestra.audit.count", ctx), async move {
+            let select = filtered(ctx, query)?;
+            tenant_read(self.db, ctx, async |txn| Ok(select.count(txn).await?)).await
+        })
+        .await
     }
 }
 
@@ -393,9 +406,12 @@ mod tests {
     use crate::testing::{self, assert_scoped, committed, one_each, statements, tenant_calls};
 
     fn context() -> RequestContext {
-        RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7()))
-            .and_then(|ctx| ctx.with_trace("trace-1", Some("span-1")))
-            .expect("a valid context")
+        RequestContext::new(
+            Uuid::now_v7(),
+            Actor::user(Uuid::now_v7()).expect("a non-nil user"),
+        )
+        .and_then(|ctx| ctx.with_trace("trace-1", Some("span-1")))
+        .expect("a valid context")
     }
 
     fn model(ctx: &RequestContext) -> audit_events::Model {

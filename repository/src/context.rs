@@ -39,9 +39,14 @@ impl Actor {
     /// An actor of the given kind and id, with an optional display name.
     ///
     /// # Errors
-    /// [`Error::Validation`] when the id is empty, too long or holds a NUL byte, or the name is.
+    /// [`Error::Validation`] (field `actor.id` or `actor.name`) when the id or the name is blank,
+    /// too long or holds a control character (see [`validate`]), or the id is the nil UUID in any
+    /// of its spellings: history and audit rows would name no one.
     pub fn new(kind: ActorKind, id: impl Into<String>, name: Option<String>) -> Result<Actor> {
         let id = validate::text("actor.id", &id.into(), validate::ID_MAX)?;
+        if Uuid::try_parse(&id).is_ok_and(|id| id.is_nil()) {
+            return Err(Error::validation("actor.id", "must not be the nil UUID"));
+        }
         let name = name
             .map(|name| validate::text("actor.name", &name, validate::NAME_MAX))
             .transpose()?;
@@ -49,18 +54,24 @@ impl Actor {
     }
 
     /// A user acting for themselves; the id is their user id.
-    pub fn user(id: Uuid) -> Actor {
-        Actor {
+    ///
+    /// # Errors
+    /// [`Error::Validation`] (field `actor.id`) when `id` is the nil UUID.
+    pub fn user(id: Uuid) -> Result<Actor> {
+        if id.is_nil() {
+            return Err(Error::validation("actor.id", "must not be the nil UUID"));
+        }
+        Ok(Actor {
             kind: ActorKind::User,
             id: id.to_string(),
             name: None,
-        }
+        })
     }
 
     /// The platform itself, under a component name such as `"sla-sweeper"`.
     ///
     /// # Errors
-    /// [`Error::Validation`] when the component name is not a valid id.
+    /// [`Error::Validation`] when the component name is not a valid id (see [`Actor::new`]).
     pub fn system(component: &str) -> Result<Actor> {
         Actor::new(ActorKind::System, component, None)
     }
@@ -68,7 +79,7 @@ impl Actor {
     /// The same actor with a display name.
     ///
     /// # Errors
-    /// [`Error::Validation`] when the name is empty, too long or holds a NUL byte.
+    /// [`Error::Validation`] when the name is blank, too long or holds a control character.
     pub fn named(mut self, name: &str) -> Result<Actor> {
         self.name = Some(validate::text("actor.name", name, validate::NAME_MAX)?);
         Ok(self)
@@ -122,7 +133,8 @@ impl RequestContext {
     /// The same context carrying a trace id and optionally a span id (recorded in audit events).
     ///
     /// # Errors
-    /// [`Error::Validation`] when either is empty, longer than 128 characters or holds a NUL byte.
+    /// [`Error::Validation`] when either is blank, longer than 128 characters or holds a control
+    /// character.
     pub fn with_trace(mut self, trace_id: &str, span_id: Option<&str>) -> Result<RequestContext> {
         self.trace_id = Some(validate::text("trace_id", trace_id, validate::TRACE_MAX)?);
         self.span_id = span_id

@@ -21,6 +21,7 @@ use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest, TimeCursor};
 use crate::template::{self, Template, returning_all};
+use crate::trace::{span, traced};
 use crate::tx::Connection;
 use crate::{clock, now, scope, tenant_read, tenant_transaction, validate};
 
@@ -117,22 +118,25 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         ctx: &RequestContext,
         conversation: NewConversation,
     ) -> Result<conversations::Model> {
-        validate::json_object("participant", &conversation.participant)?;
-        let external_id = validate::optional_text(
-            "external_id",
-            conversation.external_id.as_deref(),
-            validate::ID_MAX,
-        )?;
-        let channel = validate::optional_text(
-            "channel",
-            conversation.channel.as_deref(),
-            validate::LABEL_MAX,
-        )?;
-        let row = new_row(ctx, conversation.participant, external_id, channel);
-        tenant_transaction(self.db, ctx, async |txn| {
-            row.insert(txn)
-                .await
-                .or_constraints(EXTERNAL_KEY, TENANT_FKEY)
+        traced(span!("orkestra.conversations.create", ctx), async move {
+            validate::json_object("participant", &conversation.participant)?;
+            let external_id = validate::optional_text(
+                "external_id",
+                conversation.external_id.as_deref(),
+                validate::ID_MAX,
+            )?;
+            let channel = validate::optional_text(
+                "channel",
+                conversation.channel.as_deref(),
+                validate::LABEL_MAX,
+            )?;
+            let row = new_row(ctx, conversation.participant, external_id, channel);
+            tenant_transaction(self.db, ctx, async |txn| {
+                row.insert(txn)
+                    .await
+                    .or_constraints(EXTERNAL_KEY, TENANT_FKEY)
+            })
+            .await
         })
         .await
     }
@@ -146,9 +150,15 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         ctx: &RequestContext,
         id: Uuid,
     ) -> Result<Option<conversations::Model>> {
-        let query =
-            scope::find::<conversations::Entity>(ctx).filter(conversations::Column::Id.eq(id));
-        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        traced(
+            span!("orkestra.conversations.find_by_id", ctx, conversation.id = %id),
+            async move {
+                let query = scope::find::<conversations::Entity>(ctx)
+                    .filter(conversations::Column::Id.eq(id));
+                tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+            },
+        )
+        .await
     }
 
     /// The conversation with this external id on this channel (both compared trimmed) in the
@@ -163,10 +173,19 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         channel: &str,
         external_id: &str,
     ) -> Result<Option<conversations::Model>> {
-        let channel = validate::text("channel", channel, validate::LABEL_MAX)?;
-        let external_id = validate::text("external_id", external_id, validate::ID_MAX)?;
-        tenant_read(self.db, ctx, async |txn| {
-            by_external_id(txn, ctx, &channel, &external_id).await
+        let span = span!(
+            "orkestra.conversations.find_by_external_id",
+            ctx,
+            conversation.channel = ?channel,
+            conversation.external_id = ?external_id,
+        );
+        traced(span, async move {
+            let channel = validate::text("channel", channel, validate::LABEL_MAX)?;
+            let external_id = validate::text("external_id", external_id, validate::ID_MAX)?;
+            tenant_read(self.db, ctx, async |txn| {
+                by_external_id(txn, ctx, &channel, &external_id).await
+            })
+            .await
         })
         .await
     }
@@ -197,37 +216,46 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         external_id: &str,
         participant: Value,
     ) -> Result<(conversations::Model, bool)> {
-        let channel = validate::text("channel", channel, validate::LABEL_MAX)?;
-        let external_id = validate::text("external_id", external_id, validate::ID_MAX)?;
-        validate::json_object("participant", &participant)?;
-        // The read after an insert that did nothing misses the row only when it is deleted in
-        // between; trying again then creates it anew.
-        tenant_transaction(self.db, ctx, async |txn| {
-            for _ in 0..GET_OR_CREATE_ATTEMPTS {
-                let row = new_row(
-                    ctx,
-                    participant.clone(),
-                    Some(external_id.clone()),
-                    Some(channel.clone()),
-                );
-                let inserted = conversations::Entity::insert(row)
-                    .on_conflict(
-                        OnConflict::columns([
-                            conversations::Column::TenantId,
-                            conversations::Column::Channel,
-                            conversations::Column::ExternalId,
-                        ])
-                        .do_nothing()
-                        .to_owned(),
-                    )
-                    .exec_without_returning(txn)
-                    .await
-                    .or_reference(TENANT_FKEY)?;
-                if let Some(found) = by_external_id(txn, ctx, &channel, &external_id).await? {
-                    return Ok((found, inserted > 0));
+        let span = span!(
+            "orkestra.conversations.get_or_create",
+            ctx,
+            conversation.channel = ?channel,
+            conversation.external_id = ?external_id,
+        );
+        traced(span, async move {
+            let channel = validate::text("channel", channel, validate::LABEL_MAX)?;
+            let external_id = validate::text("external_id", external_id, validate::ID_MAX)?;
+            validate::json_object("participant", &participant)?;
+            // The read after an insert that did nothing misses the row only when it is deleted in
+            // between; trying again then creates it anew.
+            tenant_transaction(self.db, ctx, async |txn| {
+                for _ in 0..GET_OR_CREATE_ATTEMPTS {
+                    let row = new_row(
+                        ctx,
+                        participant.clone(),
+                        Some(external_id.clone()),
+                        Some(channel.clone()),
+                    );
+                    let inserted = conversations::Entity::insert(row)
+                        .on_conflict(
+                            OnConflict::columns([
+                                conversations::Column::TenantId,
+                                conversations::Column::Channel,
+                                conversations::Column::ExternalId,
+                            ])
+                            .do_nothing()
+                            .to_owned(),
+                        )
+                        .exec_without_returning(txn)
+                        .await
+                        .or_reference(TENANT_FKEY)?;
+                    if let Some(found) = by_external_id(txn, ctx, &channel, &external_id).await? {
+                        return Ok((found, inserted > 0));
+                    }
                 }
-            }
-            Err(Error::not_found(ENTITY, format!("{channel}/{external_id}")))
+                Err(Error::not_found(ENTITY, format!("{channel}/{external_id}")))
+            })
+            .await
         })
         .await
     }
@@ -252,70 +280,77 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         conversation_id: Uuid,
         message: NewMessage,
     ) -> Result<messages::Model> {
-        let role = validate::text("role", &message.role, validate::LABEL_MAX)?;
-        let content = validate::verbatim("content", &message.content, validate::CONTENT_MAX)?;
-        if let Some(metadata) = &message.metadata {
-            validate::json_object("metadata", metadata)?;
-        }
-        static TOUCH: Template = Template::new();
-        static INSERT: Template = Template::new();
-        let row = MessageRow {
-            conversation_id,
-            id: Uuid::now_v7(),
-            role,
-            content,
-            metadata: message.metadata,
-            touched_at: now(),
-            created_at: now(),
-        };
-        let sentinels = MessageRow {
-            conversation_id: template::id(1),
-            id: template::id(2),
-            role: template::text(1),
-            content: template::text(2),
-            metadata: Some(template::json(1)),
-            touched_at: template::time(1),
-            created_at: template::time(2),
-        };
-        tenant_transaction(self.db, ctx, async |txn| {
-            let backend = txn.get_database_backend();
-            let mut row = row;
-            // SQLite's RETURNING does not show what the AFTER trigger writes, so the statement moves
-            // `updated_at` itself; PostgreSQL's trigger moves it either way. Only whether a row
-            // was touched matters here: the conversation is not read back.
-            let touch = TOUCH.bind(
-                backend,
-                ctx,
-                |backend, ctx, row| row.touch_statement(backend, ctx),
-                &sentinels,
-                &row,
-                row.bind(ctx, &sentinels),
-            );
-            #[allow(clippy::disallowed_methods)]
-            // Built through scope::update_many (touch_statement).
-            let touched = txn.execute_raw(touch).await?;
-            if touched.rows_affected() == 0 {
-                return Err(refusal(txn, ctx, conversation_id, "append a message to").await);
-            }
-            // Taken after the update holds the conversation's row lock, so that on PostgreSQL messages
-            // of one conversation from one service instance get `created_at` in the order they commit,
-            // and a reader paging by `(created_at, id)` does not skip one committed late with an
-            // earlier time. Instances whose clocks disagree can still interleave by their skew.
-            row.created_at = now();
-            let insert = INSERT.bind(
-                backend,
-                ctx,
-                |backend, ctx, row| row.insert_statement(backend, ctx),
-                &sentinels,
-                &row,
-                row.bind(ctx, &sentinels),
-            );
-            let message = messages::Model::find_by_statement(insert)
-                .one(txn)
-                .await?
-                .ok_or(DbErr::RecordNotInserted)?;
-            Ok(message)
-        })
+        traced(
+            span!("orkestra.conversations.append_message", ctx, conversation.id = %conversation_id),
+            async move {
+                let role = validate::text("role", &message.role, validate::LABEL_MAX)?;
+                let content =
+                    validate::verbatim("content", &message.content, validate::CONTENT_MAX)?;
+                if let Some(metadata) = &message.metadata {
+                    validate::json_object("metadata", metadata)?;
+                }
+                static TOUCH: Template = Template::new();
+                static INSERT: Template = Template::new();
+                let row = MessageRow {
+                    conversation_id,
+                    id: Uuid::now_v7(),
+                    role,
+                    content,
+                    metadata: message.metadata,
+                    touched_at: now(),
+                    created_at: now(),
+                };
+                let sentinels = MessageRow {
+                    conversation_id: template::id(1),
+                    id: template::id(2),
+                    role: template::text(1),
+                    content: template::text(2),
+                    metadata: Some(template::json(1)),
+                    touched_at: template::time(1),
+                    created_at: template::time(2),
+                };
+                tenant_transaction(self.db, ctx, async |txn| {
+                    let backend = txn.get_database_backend();
+                    let mut row = row;
+                    // SQLite's RETURNING does not show what the AFTER trigger writes, so the statement moves
+                    // `updated_at` itself; PostgreSQL's trigger moves it either way. Only whether a row
+                    // was touched matters here: the conversation is not read back.
+                    let touch = TOUCH.bind(
+                        backend,
+                        ctx,
+                        |backend, ctx, row| row.touch_statement(backend, ctx),
+                        &sentinels,
+                        &row,
+                        row.bind(ctx, &sentinels),
+                    );
+                    #[allow(clippy::disallowed_methods)]
+                    // Built through scope::update_many (touch_statement).
+                    let touched = txn.execute_raw(touch).await?;
+                    if touched.rows_affected() == 0 {
+                        return Err(refusal(txn, ctx, conversation_id, "append a message to").await);
+                    }
+                    // Taken after the update holds the conversation's row lock, so that on PostgreSQL messages
+                    // of one conversation from one service instance get `created_at` in the order they commit,
+                    // and a reader paging by `(created_at, id)` does not skip one committed late with an
+                    // earlier time. Instances whose clocks disagree can still interleave by their skew.
+                    row.created_at = now();
+                    let insert = INSERT.bind(
+                        backend,
+                        ctx,
+                        |backend, ctx, row| row.insert_statement(backend, ctx),
+                        &sentinels,
+                        &row,
+                        row.bind(ctx, &sentinels),
+                    );
+                    let message = messages::Model::find_by_statement(insert)
+                        .one(txn)
+                        .await?
+                        .ok_or(DbErr::RecordNotInserted)?;
+                    Ok(message)
+                })
+                .await
+            },
+        )
         .await
     }
 
@@ -333,57 +368,63 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         conversation_id: Uuid,
         page: &PageRequest<TimeCursor>,
     ) -> Result<Page<messages::Model, TimeCursor>> {
-        page.after.as_ref().map(TimeCursor::check).transpose()?;
-        static FIRST: Template = Template::new();
-        static AFTER: Template = Template::new();
-        let args = MessagePage {
-            conversation_id,
-            limit: page.fetch()?,
-            after: page
-                .after
-                .map(|after| (clock::utc(after.created_at), after.id)),
-        };
-        let sentinels = MessagePage {
-            conversation_id: template::id(1),
-            // No page is this long: limits stop at a few hundred.
-            limit: 4_000_000_001,
-            after: args.after.map(|_| (template::time(1), template::id(2))),
-        };
-        let bind = [
-            (template::id(0).into(), ctx.tenant_id().into()),
-            (
-                sentinels.conversation_id.into(),
-                args.conversation_id.into(),
-            ),
-            (sentinels.limit.into(), args.limit.into()),
-            (
-                sentinels.after.map(|a| a.0).into(),
-                args.after.map(|a| a.0).into(),
-            ),
-            (
-                sentinels.after.map(|a| a.1).into(),
-                args.after.map(|a| a.1).into(),
-            ),
-        ];
-        let text = if args.after.is_some() { &AFTER } else { &FIRST };
-        let rows = tenant_read(self.db, ctx, async |txn| {
-            let statement = text.bind(
-                txn.get_database_backend(),
-                ctx,
-                |backend, ctx, page| page.statement(backend, ctx),
-                &sentinels,
-                &args,
-                bind,
-            );
-            Ok(messages::Model::find_by_statement(statement)
-                .all(txn)
-                .await?)
-        })
-        .await?;
-        Ok(Page::from_rows(rows, page.limit, |message| TimeCursor {
-            created_at: message.created_at,
-            id: message.id,
-        }))
+        traced(
+            span!("orkestra.conversations.list_messages", ctx, conversation.id = %conversation_id),
+            async move {
+                page.after.as_ref().map(TimeCursor::check).transpose()?;
+                static FIRST: Template = Template::new();
+                static AFTER: Template = Template::new();
+                let args = MessagePage {
+                    conversation_id,
+                    limit: page.fetch()?,
+                    after: page
+                        .after
+                        .map(|after| (clock::utc(after.created_at), after.id)),
+                };
+                let sentinels = MessagePage {
+                    conversation_id: template::id(1),
+                    // No page is this long: limits stop at a few hundred.
+                    limit: 4_000_000_001,
+                    after: args.after.map(|_| (template::time(1), template::id(2))),
+                };
+                let bind = [
+                    (template::id(0).into(), ctx.tenant_id().into()),
+                    (
+                        sentinels.conversation_id.into(),
+                        args.conversation_id.into(),
+                    ),
+                    (sentinels.limit.into(), args.limit.into()),
+                    (
+                        sentinels.after.map(|a| a.0).into(),
+                        args.after.map(|a| a.0).into(),
+                    ),
+                    (
+                        sentinels.after.map(|a| a.1).into(),
+                        args.after.map(|a| a.1).into(),
+                    ),
+                ];
+                let text = if args.after.is_some() { &AFTER } else { &FIRST };
+                let rows = tenant_read(self.db, ctx, async |txn| {
+                    let statement = text.bind(
+                        txn.get_database_backend(),
+                        ctx,
+                        |backend, ctx, page| page.statement(backend, ctx),
+                        &sentinels,
+                        &args,
+                        bind,
+                    );
+                    Ok(messages::Model::find_by_statement(statement)
+                        .all(txn)
+                        .await?)
+                })
+                .await?;
+                Ok(Page::from_rows(rows, page.limit, |message| TimeCursor {
+                    created_at: message.created_at,
+                    id: message.id,
+                }))
+            },
+        )
+        .await
     }
 
     /// Closes an active conversation (`closed_at` and `updated_at` become now); returns it as
@@ -394,22 +435,28 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
     /// - [`Error::InvalidState`]: the conversation is already closed, or archived;
     /// - [`Error::Db`].
     pub async fn close(&self, ctx: &RequestContext, id: Uuid) -> Result<conversations::Model> {
-        let now = now();
-        let close = scope::update_many::<conversations::Entity>(ctx)
-            .col_expr(
-                conversations::Column::Status,
-                Expr::value(ConversationStatus::Closed),
-            )
-            .col_expr(conversations::Column::ClosedAt, Expr::value(now))
-            .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
-            .filter(conversations::Column::Id.eq(id))
-            .filter(conversations::Column::Status.eq(ConversationStatus::Active));
-        tenant_transaction(self.db, ctx, async |txn| {
-            match close.exec_with_returning(txn).await?.pop() {
-                Some(conversation) => Ok(conversation),
-                None => Err(refusal(txn, ctx, id, "close").await),
-            }
-        })
+        traced(
+            span!("orkestra.conversations.close", ctx, conversation.id = %id),
+            async move {
+                let now = now();
+                let close = scope::update_many::<conversations::Entity>(ctx)
+                    .col_expr(
+                        conversations::Column::Status,
+                        Expr::value(ConversationStatus::Closed),
+                    )
+                    .col_expr(conversations::Column::ClosedAt, Expr::value(now))
+                    .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
+                    .filter(conversations::Column::Id.eq(id))
+                    .filter(conversations::Column::Status.eq(ConversationStatus::Active));
+                tenant_transaction(self.db, ctx, async |txn| {
+                    match close.exec_with_returning(txn).await?.pop() {
+                        Some(conversation) => Ok(conversation),
+                        None => Err(refusal(txn, ctx, id, "close").await),
+                    }
+                })
+                .await
+            },
+        )
         .await
     }
 
@@ -421,29 +468,38 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
     /// - [`Error::InvalidState`]: the conversation is already archived;
     /// - [`Error::Db`].
     pub async fn archive(&self, ctx: &RequestContext, id: Uuid) -> Result<conversations::Model> {
-        let now = now();
-        let archive = scope::update_many::<conversations::Entity>(ctx)
-            .col_expr(
-                conversations::Column::Status,
-                Expr::value(ConversationStatus::Archived),
-            )
-            .col_expr(
-                conversations::Column::ClosedAt,
-                Func::coalesce([Expr::col(conversations::Column::ClosedAt), Expr::value(now)])
-                    .into(),
-            )
-            .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
-            .filter(conversations::Column::Id.eq(id))
-            .filter(
-                conversations::Column::Status
-                    .is_in([ConversationStatus::Active, ConversationStatus::Closed]),
-            );
-        tenant_transaction(self.db, ctx, async |txn| {
-            match archive.exec_with_returning(txn).await?.pop() {
-                Some(conversation) => Ok(conversation),
-                None => Err(refusal(txn, ctx, id, "archive").await),
-            }
-        })
+        traced(
+            span!("orkestra.conversations.archive", ctx, conversation.id = %id),
+            async move {
+                let now = now();
+                let archive = scope::update_many::<conversations::Entity>(ctx)
+                    .col_expr(
+                        conversations::Column::Status,
+                        Expr::value(ConversationStatus::Archived),
+                    )
+                    .col_expr(
+                        conversations::Column::ClosedAt,
+                        Func::coalesce([
+                            Expr::col(conversations::Column::ClosedAt),
+                            Expr::value(now),
+                        ])
+                        .into(),
+                    )
+                    .col_expr(conversations::Column::UpdatedAt, Expr::value(now))
+                    .filter(conversations::Column::Id.eq(id))
+                    .filter(
+                        conversations::Column::Status
+                            .is_in([ConversationStatus::Active, ConversationStatus::Closed]),
+                    );
+                tenant_transaction(self.db, ctx, async |txn| {
+                    match archive.exec_with_returning(txn).await?.pop() {
+                        Some(conversation) => Ok(conversation),
+                        None => Err(refusal(txn, ctx, id, "archive").await),
+                    }
+                })
+                .await
+            },
+        )
         .await
     }
 
@@ -460,11 +516,17 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
         conversation_id: Uuid,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<tasks::Model, Uuid>> {
-        let query = scope::find::<tasks::Entity>(ctx)
-            .filter(tasks::Column::ConversationId.eq(conversation_id));
-        let query = page::by_id(query, tasks::Column::Id, page)?;
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
-        Ok(Page::from_rows(rows, page.limit, |task| task.id))
+        traced(
+            span!("orkestra.conversations.list_tasks", ctx, conversation.id = %conversation_id),
+            async move {
+                let query = scope::find::<tasks::Entity>(ctx)
+                    .filter(tasks::Column::ConversationId.eq(conversation_id));
+                let query = page::by_id(query, tasks::Column::Id, page)?;
+                let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+                Ok(Page::from_rows(rows, page.limit, |task| task.id))
+            },
+        )
+        .await
     }
 }
 
@@ -639,7 +701,7 @@ mod tests {
     };
 
     fn ctx() -> Result<RequestContext> {
-        RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7()))
+        RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7())?)
     }
 
     fn time() -> DateTime<FixedOffset> {

@@ -155,6 +155,24 @@ const UNNAMED: &str = "unnamed constraint";
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// The variant's name (`"NotFound"`, `"InvalidTransition"`, ...): what the repository's
+    /// traces record as `error.type` when a call fails, and a label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "NotFound",
+            Error::Conflict { .. } => "Conflict",
+            Error::Reference { .. } => "Reference",
+            Error::InvalidTransition { .. } => "InvalidTransition",
+            Error::InvalidState { .. } => "InvalidState",
+            Error::Forbidden { .. } => "Forbidden",
+            Error::Validation { .. } => "Validation",
+            Error::Denied { .. } => "Denied",
+            Error::Misconfigured { .. } => "Misconfigured",
+            Error::PoolTimeout => "PoolTimeout",
+            Error::Db(_) => "Db",
+        }
+    }
+
     /// A validation error for `field`.
     pub fn validation(field: &'static str, reason: impl Into<String>) -> Error {
         Error::Validation {

@@ -2,7 +2,7 @@
 
 use orkestra_entity::{
     group_members, groups,
-    sea_orm_active_enums::{AssignmentStrategy, TaskStatus},
+    sea_orm_active_enums::{AssignmentStrategy, GroupStatus, TaskStatus},
     tasks, users,
 };
 use sea_orm::{
@@ -10,13 +10,14 @@ use sea_orm::{
     ActiveValue::Set,
     ColumnTrait, Condition, EntityTrait, FromQueryResult, JoinType, PaginatorTrait, QueryFilter,
     QueryOrder, QuerySelect, QueryTrait, TryInsertResult,
-    sea_query::{Expr, ExprTrait, Func},
+    sea_query::{Expr, ExprTrait, Func, LockType},
 };
 use uuid::Uuid;
 
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
+use crate::trace::{span, traced};
 use crate::tx::name_refusal;
 use crate::tx::{Connection, Txn};
 use crate::{now, scope, tenant_read, tenant_transaction, validate};
@@ -99,31 +100,36 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
     /// - [`Error::Reference`]: the context's tenant does not exist;
     /// - [`Error::Db`].
     pub async fn create(&self, ctx: &RequestContext, group: NewGroup) -> Result<groups::Model> {
-        let name = validate::text("name", &group.name, validate::NAME_MAX)?;
-        let slug = validate::slug("slug", &group.slug)?;
-        let description = validate::optional_text(
-            "description",
-            group.description.as_deref(),
-            validate::DESCRIPTION_MAX,
-        )?;
-        let at = now();
-        let group = groups::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            tenant_id: Set(ctx.tenant_id()),
-            name: Set(name),
-            slug: Set(slug),
-            description: Set(description),
-            assignment_strategy: Set(group
-                .assignment_strategy
-                .unwrap_or(AssignmentStrategy::RoundRobin)),
-            created_at: Set(at),
-            updated_at: Set(at),
-        };
-        tenant_transaction(self.db, ctx, async |txn| {
-            group
-                .insert(txn)
-                .await
-                .or_constraints(SLUG_KEY, TENANT_FKEY)
+        traced(span!("orkestra.groups.create", ctx), async move {
+            let name = validate::text("name", &group.name, validate::NAME_MAX)?;
+            let slug = validate::slug("slug", &group.slug)?;
+            let description = validate::optional_prose(
+                "description",
+                group.description.as_deref(),
+                validate::DESCRIPTION_MAX,
+            )?;
+            let at = now();
+            let group = groups::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(ctx.tenant_id()),
+                name: Set(name),
+                slug: Set(slug),
+                description: Set(description),
+                assignment_strategy: Set(group
+                    .assignment_strategy
+                    .unwrap_or(AssignmentStrategy::RoundRobin)),
+                status: Set(GroupStatus::Active),
+                archived_at: Set(None),
+                created_at: Set(at),
+                updated_at: Set(at),
+            };
+            tenant_transaction(self.db, ctx, async |txn| {
+                group
+                    .insert(txn)
+                    .await
+                    .or_constraints(SLUG_KEY, TENANT_FKEY)
+            })
+            .await
         })
         .await
     }
@@ -137,8 +143,14 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         ctx: &RequestContext,
         id: Uuid,
     ) -> Result<Option<groups::Model>> {
-        let query = scope::find::<groups::Entity>(ctx).filter(groups::Column::Id.eq(id));
-        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        traced(
+            span!("orkestra.groups.find_by_id", ctx, group.id = %id),
+            async move {
+                let query = scope::find::<groups::Entity>(ctx).filter(groups::Column::Id.eq(id));
+                tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+            },
+        )
+        .await
     }
 
     /// The group with this slug in the context's tenant, if any.
@@ -150,9 +162,12 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         ctx: &RequestContext,
         slug: &str,
     ) -> Result<Option<groups::Model>> {
-        let slug = validate::slug("slug", slug)?;
-        let query = scope::find::<groups::Entity>(ctx).filter(groups::Column::Slug.eq(slug));
-        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        traced(span!("orkestra.groups.find_by_slug", ctx), async move {
+            let slug = validate::slug("slug", slug)?;
+            let query = scope::find::<groups::Entity>(ctx).filter(groups::Column::Slug.eq(slug));
+            tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        })
+        .await
     }
 
     /// A page of the tenant's groups, in creation order.
@@ -164,10 +179,13 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         ctx: &RequestContext,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<groups::Model, Uuid>> {
-        let query = scope::find::<groups::Entity>(ctx);
-        let query = page::by_id(query, groups::Column::Id, page)?;
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
-        Ok(Page::from_rows(rows, page.limit, |group| group.id))
+        traced(span!("orkestra.groups.list", ctx), async move {
+            let query = scope::find::<groups::Entity>(ctx);
+            let query = page::by_id(query, groups::Column::Id, page)?;
+            let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+            Ok(Page::from_rows(rows, page.limit, |group| group.id))
+        })
+        .await
     }
 
     /// Changes a group's name, description and/or assignment strategy; returns it as stored.
@@ -182,40 +200,47 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         id: Uuid,
         update: GroupUpdate,
     ) -> Result<groups::Model> {
-        let mut statement = scope::update_many::<groups::Entity>(ctx);
-        let mut changed = false;
-        if let Some(name) = &update.name {
-            let name = validate::text("name", name, validate::NAME_MAX)?;
-            statement = statement.col_expr(groups::Column::Name, Expr::value(name));
-            changed = true;
-        }
-        if let Some(description) = &update.description {
-            let description = validate::optional_text(
-                "description",
-                description.as_deref(),
-                validate::DESCRIPTION_MAX,
-            )?;
-            statement = statement.col_expr(groups::Column::Description, Expr::value(description));
-            changed = true;
-        }
-        if let Some(strategy) = update.assignment_strategy {
-            statement =
-                statement.col_expr(groups::Column::AssignmentStrategy, Expr::value(strategy));
-            changed = true;
-        }
-        if !changed {
-            return Err(Error::validation("update", "names no field to change"));
-        }
-        let statement = statement
-            .col_expr(groups::Column::UpdatedAt, Expr::value(now()))
-            .filter(groups::Column::Id.eq(id));
-        tenant_transaction(self.db, ctx, async |txn| {
-            statement
-                .exec_with_returning(txn)
-                .await?
-                .pop()
-                .ok_or_else(|| Error::not_found("group", id))
-        })
+        traced(
+            span!("orkestra.groups.update", ctx, group.id = %id),
+            async move {
+                let mut statement = scope::update_many::<groups::Entity>(ctx);
+                let mut changed = false;
+                if let Some(name) = &update.name {
+                    let name = validate::text("name", name, validate::NAME_MAX)?;
+                    statement = statement.col_expr(groups::Column::Name, Expr::value(name));
+                    changed = true;
+                }
+                if let Some(description) = &update.description {
+                    let description = validate::optional_prose(
+                        "description",
+                        description.as_deref(),
+                        validate::DESCRIPTION_MAX,
+                    )?;
+                    statement =
+                        statement.col_expr(groups::Column::Description, Expr::value(description));
+                    changed = true;
+                }
+                if let Some(strategy) = update.assignment_strategy {
+                    statement = statement
+                        .col_expr(groups::Column::AssignmentStrategy, Expr::value(strategy));
+                    changed = true;
+                }
+                if !changed {
+                    return Err(Error::validation("update", "names no field to change"));
+                }
+                let statement = statement
+                    .col_expr(groups::Column::UpdatedAt, Expr::value(now()))
+                    .filter(groups::Column::Id.eq(id));
+                tenant_transaction(self.db, ctx, async |txn| {
+                    statement
+                        .exec_with_returning(txn)
+                        .await?
+                        .pop()
+                        .ok_or_else(|| Error::not_found("group", id))
+                })
+                .await
+            },
+        )
         .await
     }
 
@@ -228,15 +253,109 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
     /// - [`Error::Reference`] ([`TASK_GROUP_FKEY`]): a task (open or finished) names the group;
     /// - [`Error::Db`].
     pub async fn delete(&self, ctx: &RequestContext, id: Uuid) -> Result<()> {
-        let statement = scope::delete_many::<groups::Entity>(ctx).filter(groups::Column::Id.eq(id));
-        let deleted = tenant_transaction(self.db, ctx, async |txn| {
-            statement.exec(txn).await.or_reference(TASK_GROUP_FKEY)
+        traced(
+            span!("orkestra.groups.delete", ctx, group.id = %id),
+            async move {
+                let statement =
+                    scope::delete_many::<groups::Entity>(ctx).filter(groups::Column::Id.eq(id));
+                let deleted = tenant_transaction(self.db, ctx, async |txn| {
+                    statement.exec(txn).await.or_reference(TASK_GROUP_FKEY)
+                })
+                .await?;
+                if deleted.rows_affected == 0 {
+                    return Err(Error::not_found("group", id));
+                }
+                Ok(())
+            },
+        )
+        .await
+    }
+
+    /// Archives a group: the way to retire one that tasks name (those cannot be deleted).
+    ///
+    /// An archived group keeps its row, its members and its tasks' history, but takes no new
+    /// tasks ([`TaskRepository::create`](crate::TaskRepository::create) and
+    /// [`assign`](crate::TaskRepository::assign) refuse it) and no new members, and its members no
+    /// longer see its tasks in their inboxes nor may claim them through it. Its open tasks are left
+    /// as they are, for the tenant to hand on:
+    /// [`TaskRepository::list_in_archived_groups`](crate::TaskRepository::list_in_archived_groups)
+    /// lists them, and `assign` moves each to a user or an active group. A task already claimed
+    /// stays with its claimer, who can still complete or release it. [`restore`](Self::restore)
+    /// undoes this.
+    ///
+    /// A concurrent call that gives the group a task or a member either commits first (its task is
+    /// then listed with the others) or waits for this one and is refused.
+    ///
+    /// # Errors
+    /// - [`Error::NotFound`]: no such group in the tenant;
+    /// - [`Error::InvalidState`] (entity `"group"`, state `ARCHIVED`): archived already;
+    /// - [`Error::Db`].
+    pub async fn archive(&self, ctx: &RequestContext, id: Uuid) -> Result<groups::Model> {
+        traced(
+            span!("orkestra.groups.archive", ctx, group.id = %id),
+            async move {
+                let at = now();
+                self.change_status(ctx, id, GroupStatus::Archived, Some(at), "archive")
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Makes an archived group active again: it takes tasks and members as before, and its
+    /// members see its open tasks again.
+    ///
+    /// # Errors
+    /// - [`Error::NotFound`]: no such group in the tenant;
+    /// - [`Error::InvalidState`] (entity `"group"`, state `ACTIVE`): the group is not archived;
+    /// - [`Error::Db`].
+    pub async fn restore(&self, ctx: &RequestContext, id: Uuid) -> Result<groups::Model> {
+        traced(
+            span!("orkestra.groups.restore", ctx, group.id = %id),
+            async move {
+                self.change_status(ctx, id, GroupStatus::Active, None, "restore")
+                    .await
+            },
+        )
+        .await
+    }
+
+    /// Moves the group to `status` from the other one, or says why not.
+    async fn change_status(
+        &self,
+        ctx: &RequestContext,
+        id: Uuid,
+        status: GroupStatus,
+        archived_at: Option<chrono::DateTime<chrono::FixedOffset>>,
+        action: &'static str,
+    ) -> Result<groups::Model> {
+        let from = match status {
+            GroupStatus::Active => GroupStatus::Archived,
+            GroupStatus::Archived => GroupStatus::Active,
+        };
+        let statement = scope::update_many::<groups::Entity>(ctx)
+            .col_expr(groups::Column::Status, Expr::value(status))
+            .col_expr(groups::Column::ArchivedAt, Expr::value(archived_at))
+            .col_expr(groups::Column::UpdatedAt, Expr::value(now()))
+            .filter(groups::Column::Id.eq(id))
+            .filter(groups::Column::Status.eq(from));
+        tenant_transaction(self.db, ctx, async |txn| {
+            if let Some(group) = statement.exec_with_returning(txn).await?.pop() {
+                return Ok(group);
+            }
+            let group = scope::find::<groups::Entity>(ctx)
+                .filter(groups::Column::Id.eq(id))
+                .one(txn)
+                .await?
+                .ok_or_else(|| Error::not_found("group", id))?;
+            Err(Error::InvalidState {
+                entity: "group",
+                id: id.to_string(),
+                state: group.status.as_str().to_owned(),
+                action,
+            })
         })
-        .await?;
-        if deleted.rows_affected == 0 {
-            return Err(Error::not_found("group", id));
-        }
-        Ok(())
+        .await
     }
 
     /// Adds a user of the tenant to a group of the tenant. Adding a member twice is harmless:
@@ -245,6 +364,7 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
     /// # Errors
     /// - [`Error::Reference`] ([`MEMBER_GROUP_FKEY`] or [`MEMBER_USER_FKEY`]): the group or the
     ///   user does not exist in the tenant;
+    /// - [`Error::InvalidState`] (entity `"group"`): the group is archived;
     /// - [`Error::Db`].
     pub async fn add_member(
         &self,
@@ -252,28 +372,35 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         group_id: Uuid,
         user_id: Uuid,
     ) -> Result<bool> {
-        let statement = group_members::Entity::insert(group_members::ActiveModel {
-            tenant_id: Set(ctx.tenant_id()),
-            group_id: Set(group_id),
-            user_id: Set(user_id),
-        })
-        .on_conflict_do_nothing();
-        let added = tenant_transaction(self.db, ctx, async |txn| {
-            match statement.exec_without_returning(txn).await? {
-                TryInsertResult::Inserted(rows) => Ok(rows > 0),
-                TryInsertResult::Conflicted | TryInsertResult::Empty => Ok(false),
-            }
-        })
-        .await;
-        // The group is looked up first, as PostgreSQL reports it first.
-        let lookup = async |txn: &Txn| {
-            let groups_found = scope::find::<groups::Entity>(ctx)
-                .filter(groups::Column::Id.eq(group_id))
-                .count(txn)
-                .await?;
-            Ok((groups_found == 0).then_some(MEMBER_GROUP_FKEY))
-        };
-        name_refusal(self.db, ctx, added, lookup, MEMBER_USER_FKEY).await
+        traced(
+            span!("orkestra.groups.add_member", ctx, group.id = %group_id, user.id = %user_id),
+            async move {
+                let statement = group_members::Entity::insert(group_members::ActiveModel {
+                    tenant_id: Set(ctx.tenant_id()),
+                    group_id: Set(group_id),
+                    user_id: Set(user_id),
+                })
+                .on_conflict_do_nothing();
+                let added = tenant_transaction(self.db, ctx, async |txn| {
+                    active_group(txn, ctx, group_id, "add a member to").await?;
+                    match statement.exec_without_returning(txn).await? {
+                        TryInsertResult::Inserted(rows) => Ok(rows > 0),
+                        TryInsertResult::Conflicted | TryInsertResult::Empty => Ok(false),
+                    }
+                })
+                .await;
+                // The group is looked up first, as PostgreSQL reports it first.
+                let lookup = async |txn: &Txn| {
+                    let groups_found = scope::find::<groups::Entity>(ctx)
+                        .filter(groups::Column::Id.eq(group_id))
+                        .count(txn)
+                        .await?;
+                    Ok((groups_found == 0).then_some(MEMBER_GROUP_FKEY))
+                };
+                name_refusal(self.db, ctx, added, lookup, MEMBER_USER_FKEY).await
+            },
+        )
+        .await
     }
 
     /// Removes a user from a group; returns whether they were a member.
@@ -286,12 +413,19 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         group_id: Uuid,
         user_id: Uuid,
     ) -> Result<bool> {
-        let statement = scope::delete_many::<group_members::Entity>(ctx)
-            .filter(group_members::Column::GroupId.eq(group_id))
-            .filter(group_members::Column::UserId.eq(user_id));
-        let deleted =
-            tenant_transaction(self.db, ctx, async |txn| Ok(statement.exec(txn).await?)).await?;
-        Ok(deleted.rows_affected > 0)
+        traced(
+            span!("orkestra.groups.remove_member", ctx, group.id = %group_id, user.id = %user_id),
+            async move {
+                let statement = scope::delete_many::<group_members::Entity>(ctx)
+                    .filter(group_members::Column::GroupId.eq(group_id))
+                    .filter(group_members::Column::UserId.eq(user_id));
+                let deleted =
+                    tenant_transaction(self.db, ctx, async |txn| Ok(statement.exec(txn).await?))
+                        .await?;
+                Ok(deleted.rows_affected > 0)
+            },
+        )
+        .await
     }
 
     /// A page of a group's members, in the order they joined the tenant (user id). An unknown group
@@ -305,16 +439,22 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         group_id: Uuid,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<users::Model, Uuid>> {
-        let member_ids = scope::find::<group_members::Entity>(ctx)
-            .select_only()
-            .column(group_members::Column::UserId)
-            .filter(group_members::Column::GroupId.eq(group_id))
-            .into_query();
-        let query =
-            scope::find::<users::Entity>(ctx).filter(users::Column::Id.in_subquery(member_ids));
-        let query = page::by_id(query, users::Column::Id, page)?;
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
-        Ok(Page::from_rows(rows, page.limit, |user| user.id))
+        traced(
+            span!("orkestra.groups.list_members", ctx, group.id = %group_id),
+            async move {
+                let member_ids = scope::find::<group_members::Entity>(ctx)
+                    .select_only()
+                    .column(group_members::Column::UserId)
+                    .filter(group_members::Column::GroupId.eq(group_id))
+                    .into_query();
+                let query = scope::find::<users::Entity>(ctx)
+                    .filter(users::Column::Id.in_subquery(member_ids));
+                let query = page::by_id(query, users::Column::Id, page)?;
+                let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+                Ok(Page::from_rows(rows, page.limit, |user| user.id))
+            },
+        )
+        .await
     }
 
     /// The groups a user belongs to, in creation order.
@@ -326,15 +466,21 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         ctx: &RequestContext,
         user_id: Uuid,
     ) -> Result<Vec<groups::Model>> {
-        let group_ids = scope::find::<group_members::Entity>(ctx)
-            .select_only()
-            .column(group_members::Column::GroupId)
-            .filter(group_members::Column::UserId.eq(user_id))
-            .into_query();
-        let query = scope::find::<groups::Entity>(ctx)
-            .filter(groups::Column::Id.in_subquery(group_ids))
-            .order_by_asc(groups::Column::Id);
-        tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
+        traced(
+            span!("orkestra.groups.list_user_groups", ctx, user.id = %user_id),
+            async move {
+                let group_ids = scope::find::<group_members::Entity>(ctx)
+                    .select_only()
+                    .column(group_members::Column::GroupId)
+                    .filter(group_members::Column::UserId.eq(user_id))
+                    .into_query();
+                let query = scope::find::<groups::Entity>(ctx)
+                    .filter(groups::Column::Id.in_subquery(group_ids))
+                    .order_by_asc(groups::Column::Id);
+                tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
+            },
+        )
+        .await
     }
 
     /// Each member of a group with their count of open tasks, least loaded first (ties by user
@@ -350,32 +496,71 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
         ctx: &RequestContext,
         group_id: Uuid,
     ) -> Result<Vec<MemberWorkload>> {
-        // LEFT JOIN tasks ON tasks.tenant_id = group_members.tenant_id
-        //   AND tasks.status IN (<open>) AND COALESCE(claimed_by, assigned_user_id) = user_id
-        // The join carries the tenant, so the tasks side stays inside it too.
-        let holder = Func::coalesce([
-            Expr::col((tasks::Entity, tasks::Column::ClaimedBy)),
-            Expr::col((tasks::Entity, tasks::Column::AssignedUserId)),
-        ]);
-        let on = Condition::all()
-            .add(
-                Expr::col((tasks::Entity, tasks::Column::TenantId))
-                    .equals((group_members::Entity, group_members::Column::TenantId)),
-            )
-            .add(Expr::col((tasks::Entity, tasks::Column::Status)).is_in(TaskStatus::OPEN))
-            .add(Expr::expr(holder).equals((group_members::Entity, group_members::Column::UserId)));
-        let open_tasks = || Expr::expr(Func::count(Expr::col((tasks::Entity, tasks::Column::Id))));
-        let mut select = scope::find::<group_members::Entity>(ctx)
-            .select_only()
-            .column(group_members::Column::UserId)
-            .column_as(open_tasks(), "open_tasks")
-            .filter(group_members::Column::GroupId.eq(group_id))
-            .group_by(group_members::Column::UserId)
-            .order_by_asc(open_tasks())
-            .order_by_asc(group_members::Column::UserId);
-        QueryTrait::query(&mut select).join(JoinType::LeftJoin, tasks::Entity, on);
-        let select = select.into_model::<MemberWorkload>();
-        tenant_read(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await
+        traced(
+            span!("orkestra.groups.member_workloads", ctx, group.id = %group_id),
+            async move {
+                // LEFT JOIN tasks ON tasks.tenant_id = group_members.tenant_id
+                //   AND tasks.status IN (<open>) AND COALESCE(claimed_by, assigned_user_id) = user_id
+                // The join carries the tenant, so the tasks side stays inside it too.
+                let holder = Func::coalesce([
+                    Expr::col((tasks::Entity, tasks::Column::ClaimedBy)),
+                    Expr::col((tasks::Entity, tasks::Column::AssignedUserId)),
+                ]);
+                let on = Condition::all()
+                    .add(
+                        Expr::col((tasks::Entity, tasks::Column::TenantId))
+                            .equals((group_members::Entity, group_members::Column::TenantId)),
+                    )
+                    .add(Expr::col((tasks::Entity, tasks::Column::Status)).is_in(TaskStatus::OPEN))
+                    .add(
+                        Expr::expr(holder)
+                            .equals((group_members::Entity, group_members::Column::UserId)),
+                    );
+                let open_tasks =
+                    || Expr::expr(Func::count(Expr::col((tasks::Entity, tasks::Column::Id))));
+                let mut select = scope::find::<group_members::Entity>(ctx)
+                    .select_only()
+                    .column(group_members::Column::UserId)
+                    .column_as(open_tasks(), "open_tasks")
+                    .filter(group_members::Column::GroupId.eq(group_id))
+                    .group_by(group_members::Column::UserId)
+                    .order_by_asc(open_tasks())
+                    .order_by_asc(group_members::Column::UserId);
+                QueryTrait::query(&mut select).join(JoinType::LeftJoin, tasks::Entity, on);
+                let select = select.into_model::<MemberWorkload>();
+                tenant_read(self.db, ctx, async |txn| Ok(select.all(txn).await?)).await
+            },
+        )
+        .await
+    }
+}
+
+/// Refuses `action` on group `id` when it is archived, and keeps it from being archived until the
+/// caller's transaction ends (`FOR SHARE`, which the archiving `UPDATE` waits for; SQLite
+/// serialises writers anyway). A group that does not exist passes: the write's foreign key refuses
+/// it, as before groups could be archived.
+pub(crate) async fn active_group(
+    txn: &Txn,
+    ctx: &RequestContext,
+    id: Uuid,
+    action: &'static str,
+) -> Result<()> {
+    let status = scope::find::<groups::Entity>(ctx)
+        .select_only()
+        .column(groups::Column::Status)
+        .filter(groups::Column::Id.eq(id))
+        .lock(LockType::Share)
+        .into_tuple::<GroupStatus>()
+        .one(txn)
+        .await?;
+    match status {
+        Some(GroupStatus::Archived) => Err(Error::InvalidState {
+            entity: "group",
+            id: id.to_string(),
+            state: GroupStatus::Archived.as_str().to_owned(),
+            action,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -383,7 +568,7 @@ impl<'a, C: Connection> GroupRepository<'a, C> {
 mod tests {
     use std::collections::BTreeMap;
 
-    use sea_orm::Value;
+    use sea_orm::{Statement, Value};
     use uuid::Uuid;
 
     use super::*;
@@ -391,6 +576,11 @@ mod tests {
         affected, assert_scoped, bound, committed, ctx, group_row, inserted, none, one_each, param,
         postgres, statements, tenant_calls, user_row,
     };
+
+    /// The row of a group's status lookup, for an active group.
+    fn active() -> Vec<BTreeMap<&'static str, Value>> {
+        vec![BTreeMap::from([("status", Value::from("ACTIVE"))])]
+    }
 
     #[tokio::test]
     async fn create_inserts_into_the_contexts_tenant() -> anyhow::Result<()> {
@@ -619,6 +809,8 @@ mod tests {
                 bound(),
                 affected(0),
             ])
+            // The group's status, read (and locked) before each insert.
+            .append_query_results([active(), active()])
             .into_connection();
         let groups = GroupRepository::new(&db);
         assert!(groups.add_member(&ctx, group, user).await?);
@@ -629,7 +821,26 @@ mod tests {
 
         let calls = tenant_calls(db, tenant);
         assert_eq!(committed(&calls), [true; 4]);
-        let log = one_each(&calls);
+        for call in &calls[..2] {
+            let [lookup, _] = &call.statements[..] else {
+                panic!("a status lookup and an insert: {:?}", call.statements);
+            };
+            assert!(
+                lookup
+                    .sql
+                    .starts_with("SELECT CAST(\"groups\".\"status\" AS \"text\")")
+                    && lookup.sql.ends_with("FOR SHARE"),
+                "{}",
+                lookup.sql
+            );
+            assert_eq!(assert_scoped(lookup, tenant), 1);
+            assert_eq!(param(lookup, 2), &Value::from(group));
+        }
+        let log: Vec<Statement> = calls[..2]
+            .iter()
+            .map(|call| call.statements[1].clone())
+            .chain(one_each(&calls[2..]))
+            .collect();
         for insert in &log[..2] {
             assert!(
                 insert.sql.starts_with("INSERT INTO \"group_members\"")

@@ -14,6 +14,7 @@ pub const DEFAULT_LIMIT: u64 = 50;
 
 /// Which page to read: the first, or the one after a cursor from a previous page.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PageRequest<C> {
     /// Where the previous page ended (`None`: start at the beginning).
     pub after: Option<C>,
@@ -49,6 +50,7 @@ impl<C> Default for PageRequest<C> {
 
 /// A page of rows and where the next page starts (`None` when this is the last).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Page<T, C> {
     /// The rows, in the list's order.
     pub items: Vec<T>,
@@ -88,6 +90,7 @@ pub(crate) fn by_id<E: EntityTrait>(
 /// The position of a row in a list ordered by `(created_at, id)` (messages; audit events, newest
 /// first).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct TimeCursor {
     /// The row's `created_at`.
     pub created_at: DateTime<FixedOffset>,

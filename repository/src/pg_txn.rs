@@ -222,7 +222,7 @@ impl Drop for PgTxn {
                 Ok(mut conn) => PgTransactionManager::start_rollback(&mut conn),
                 // Nothing of this crate holds the lock past a statement, and a statement borrows
                 // the transaction: unreachable, but said loudly rather than panicking in a drop.
-                Err(_) => log::error!(
+                Err(_) => tracing::error!(
                     "a PostgreSQL transaction was dropped while its connection was in use; its \
                      rollback could not be queued"
                 ),

@@ -20,8 +20,10 @@ use uuid::Uuid;
 use crate::clock::utc;
 use crate::error::Result;
 use crate::scope;
+use crate::trace::{self, span, traced};
 use crate::tx::Connection;
 use crate::tx::system_transaction;
+use tracing::field::Empty;
 
 /// Audit retention, across tenants. Needs a system connection (see the [module](self)).
 #[derive(Debug, Clone, Copy)]
@@ -47,14 +49,19 @@ impl<'a, C: Connection> SystemRepository<'a, C> {
         tenant: Option<Uuid>,
         before: DateTime<FixedOffset>,
     ) -> Result<u64> {
-        let mut statement = scope::system::delete_audit_events()
-            .filter(audit_events::Column::CreatedAt.lt(utc(before)));
-        if let Some(tenant) = tenant {
-            statement = statement.filter(audit_events::Column::TenantId.eq(tenant));
-        }
-        let deleted =
-            system_transaction(self.db, async |txn| Ok(statement.exec(txn).await?)).await?;
-        Ok(deleted.rows_affected)
+        let span = span!("orkestra.system.purge_audit_events"; tenant.id = Empty);
+        trace::ids(&span, "tenant.id", tenant);
+        traced(span, async move {
+            let mut statement = scope::system::delete_audit_events()
+                .filter(audit_events::Column::CreatedAt.lt(utc(before)));
+            if let Some(tenant) = tenant {
+                statement = statement.filter(audit_events::Column::TenantId.eq(tenant));
+            }
+            let deleted =
+                system_transaction(self.db, async |txn| Ok(statement.exec(txn).await?)).await?;
+            Ok(deleted.rows_affected)
+        })
+        .await
     }
 }
 

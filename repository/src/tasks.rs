@@ -23,7 +23,7 @@
 use chrono::{DateTime, FixedOffset};
 use orkestra_entity::{
     conversations, group_members, groups,
-    sea_orm_active_enums::{TaskStatus, UserStatus},
+    sea_orm_active_enums::{GroupStatus, TaskStatus, UserStatus},
     task_history, tasks, users,
 };
 use sea_orm::{
@@ -42,11 +42,14 @@ use uuid::Uuid;
 use crate::clock::utc;
 use crate::context::RequestContext;
 use crate::error::{Error, Result, TaskAction};
+use crate::groups::active_group;
 use crate::page::{self, Page, PageRequest};
 use crate::template::{self, Template, returning_all};
+use crate::trace::{self, span, traced};
 use crate::tx::name_refusal;
 use crate::tx::{Connection, Txn};
 use crate::{now, scope, tenant_read, tenant_transaction, validate};
+use tracing::field::Empty;
 
 /// The foreign key a task naming a user outside the tenant as assignee violates.
 pub const ASSIGNEE_FKEY: &str = "tasks_tenant_id_assigned_user_id_fkey";
@@ -59,6 +62,7 @@ pub const TENANT_FKEY: &str = "tasks_tenant_id_fkey";
 
 /// Who a task is assigned to: a user, a group, or both (a group task with a preferred member).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct AssignTo {
     /// The user, who alone may claim it (besides members of the group, if one is named too).
     pub user_id: Option<Uuid>,
@@ -100,6 +104,7 @@ impl AssignTo {
 
 /// A task's service-level agreement.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Sla {
     /// When the task must be done by.
     pub deadline: DateTime<FixedOffset>,
@@ -172,6 +177,7 @@ impl NewTask {
 
 /// The position of a task in a user's inbox: `(sla_deadline NULLS LAST, created_at, id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct InboxCursor {
     /// The task's deadline (`None` sorts after every deadline).
     pub sla_deadline: Option<DateTime<FixedOffset>>,
@@ -201,6 +207,7 @@ impl InboxCursor {
 
 /// The position of a task in the overdue list: `(sla_deadline, id)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct OverdueCursor {
     /// The task's deadline.
     pub sla_deadline: DateTime<FixedOffset>,
@@ -286,87 +293,111 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     /// - [`Error::Reference`] ([`ASSIGNEE_FKEY`], [`GROUP_FKEY`], [`CONVERSATION_FKEY`],
     ///   [`TENANT_FKEY`]): the assignee, group or conversation is not the tenant's (or the tenant
     ///   does not exist);
+    /// - [`Error::InvalidState`] (entity `"group"`): the group is archived;
     /// - [`Error::Db`].
     pub async fn create(&self, ctx: &RequestContext, task: NewTask) -> Result<tasks::Model> {
-        let workflow_id = validate::text("workflow_id", &task.workflow_id, validate::ID_MAX)?;
-        let workflow_run_id =
-            validate::text("workflow_run_id", &task.workflow_run_id, validate::ID_MAX)?;
-        let title = validate::text("title", &task.title, validate::TITLE_MAX)?;
-        let description = validate::optional_text(
-            "description",
-            task.description.as_deref(),
-            validate::DESCRIPTION_MAX,
-        )?;
-        validate::json_object("form_schema", &task.form_schema)?;
-        let context = task.context.unwrap_or_else(|| json!({}));
-        validate::json_object("context", &context)?;
-        if let Some(assign_to) = &task.assign_to {
-            assign_to.validate()?;
-        }
-        if let Some(sla) = &task.sla {
-            validate::json_object("sla.config", &sla.config)?;
-            validate::instant("sla.deadline", sla.deadline)?;
-        }
-        let assign_to = task.assign_to.unwrap_or(AssignTo {
-            user_id: None,
-            group_id: None,
-        });
-        let status = if task.assign_to.is_some() {
-            TaskStatus::Assigned
-        } else {
-            TaskStatus::Created
-        };
-        let row = NewRow {
-            id: Uuid::now_v7(),
-            workflow_id,
-            workflow_run_id,
-            title,
-            description,
-            form_schema: task.form_schema,
-            assigned_user_id: assign_to.user_id,
-            assigned_group_id: assign_to.group_id,
-            context,
-            conversation_id: task.conversation_id,
-            sla_deadline: task.sla.as_ref().map(|sla| utc(sla.deadline)),
-            sla_config: task.sla.map(|sla| sla.config),
-            status: status.clone(),
-            at: now(),
-        };
-        // One text per initial status (a status is an enum, not a value a sentinel can stand for).
-        static INSERT_ASSIGNED: Template = Template::new();
-        static INSERT_CREATED: Template = Template::new();
-        let insert = if status == TaskStatus::Assigned {
-            &INSERT_ASSIGNED
-        } else {
-            &INSERT_CREATED
-        };
-        let sentinels = NewRow::sentinels(status.clone());
-        let bind = row.bind(ctx, &sentinels);
-
-        let created = tenant_transaction(self.db, ctx, async |txn| {
-            let statement = insert.bind(
-                txn.get_database_backend(),
-                ctx,
-                |backend, ctx, row| row.insert_statement(backend, ctx),
-                &sentinels,
-                &row,
-                bind,
-            );
-            let created = tasks::Model::find_by_statement(statement)
-                .one(txn)
-                .await?
-                .ok_or_else(|| DbErr::RecordNotInserted)?;
-            let details = json!({
-                "status": status.as_str(),
-                "assigned_user_id": created.assigned_user_id,
-                "assigned_group_id": created.assigned_group_id,
+        let span = span!(
+            "orkestra.tasks.create",
+            ctx,
+            workflow.id = ?task.workflow_id,
+            workflow.run_id = ?task.workflow_run_id,
+            assignee.user.id = Empty,
+            assignee.group.id = Empty,
+            conversation.id = Empty,
+        );
+        let assign_to = task.assign_to.as_ref();
+        trace::ids(&span, "assignee.user.id", assign_to.and_then(|a| a.user_id));
+        trace::ids(
+            &span,
+            "assignee.group.id",
+            assign_to.and_then(|a| a.group_id),
+        );
+        trace::ids(&span, "conversation.id", task.conversation_id);
+        traced(span, async move {
+            let workflow_id = validate::text("workflow_id", &task.workflow_id, validate::ID_MAX)?;
+            let workflow_run_id =
+                validate::text("workflow_run_id", &task.workflow_run_id, validate::ID_MAX)?;
+            let title = validate::text("title", &task.title, validate::TITLE_MAX)?;
+            let description = validate::optional_prose(
+                "description",
+                task.description.as_deref(),
+                validate::DESCRIPTION_MAX,
+            )?;
+            validate::json_object("form_schema", &task.form_schema)?;
+            let context = task.context.unwrap_or_else(|| json!({}));
+            validate::json_object("context", &context)?;
+            if let Some(assign_to) = &task.assign_to {
+                assign_to.validate()?;
+            }
+            if let Some(sla) = &task.sla {
+                validate::json_object("sla.config", &sla.config)?;
+                validate::instant("sla.deadline", sla.deadline)?;
+            }
+            let assign_to = task.assign_to.unwrap_or(AssignTo {
+                user_id: None,
+                group_id: None,
             });
-            record(txn, ctx, &created, "created", details).await?;
-            Ok(created)
+            let status = if task.assign_to.is_some() {
+                TaskStatus::Assigned
+            } else {
+                TaskStatus::Created
+            };
+            let row = NewRow {
+                id: Uuid::now_v7(),
+                workflow_id,
+                workflow_run_id,
+                title,
+                description,
+                form_schema: task.form_schema,
+                assigned_user_id: assign_to.user_id,
+                assigned_group_id: assign_to.group_id,
+                context,
+                conversation_id: task.conversation_id,
+                sla_deadline: task.sla.as_ref().map(|sla| utc(sla.deadline)),
+                sla_config: task.sla.map(|sla| sla.config),
+                status: status.clone(),
+                at: now(),
+            };
+            // One text per initial status (a status is an enum, not a value a sentinel can stand for).
+            static INSERT_ASSIGNED: Template = Template::new();
+            static INSERT_CREATED: Template = Template::new();
+            let insert = if status == TaskStatus::Assigned {
+                &INSERT_ASSIGNED
+            } else {
+                &INSERT_CREATED
+            };
+            let sentinels = NewRow::sentinels(status.clone());
+            let bind = row.bind(ctx, &sentinels);
+
+            let created = tenant_transaction(self.db, ctx, async |txn| {
+                if let Some(group) = assign_to.group_id {
+                    active_group(txn, ctx, group, "assign a task to").await?;
+                }
+                let statement = insert.bind(
+                    txn.get_database_backend(),
+                    ctx,
+                    |backend, ctx, row| row.insert_statement(backend, ctx),
+                    &sentinels,
+                    &row,
+                    bind,
+                );
+                let created = tasks::Model::find_by_statement(statement)
+                    .one(txn)
+                    .await?
+                    .ok_or_else(|| DbErr::RecordNotInserted)?;
+                let details = json!({
+                    "status": status.as_str(),
+                    "assigned_user_id": created.assigned_user_id,
+                    "assigned_group_id": created.assigned_group_id,
+                });
+                record(txn, ctx, &created, "created", details).await?;
+                Ok(created)
+            })
+            .await;
+            self.name_reference(ctx, created, assign_to, task.conversation_id)
+                .await
         })
-        .await;
-        self.name_reference(ctx, created, assign_to, task.conversation_id)
-            .await
+        .await
     }
 
     /// The task with this id in the context's tenant, if any.
@@ -374,12 +405,18 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     /// # Errors
     /// [`Error::Db`].
     pub async fn find_by_id(&self, ctx: &RequestContext, id: Uuid) -> Result<Option<tasks::Model>> {
-        let query = scope::find::<tasks::Entity>(ctx).filter(tasks::Column::Id.eq(id));
-        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        traced(
+            span!("orkestra.tasks.find_by_id", ctx, task.id = %id),
+            async move {
+                let query = scope::find::<tasks::Entity>(ctx).filter(tasks::Column::Id.eq(id));
+                tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+            },
+        )
+        .await
     }
 
     /// A user's inbox: the tasks waiting to be claimed (created, assigned or escalated) that are
-    /// assigned to the user or to any group the user belongs to, soonest deadline first (tasks
+    /// assigned to the user or to any active (not archived) group the user belongs to, soonest deadline first (tasks
     /// without one last), then oldest first. One statement, memberships in a subquery.
     ///
     /// # Errors
@@ -391,34 +428,41 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         user_id: Uuid,
         page: &PageRequest<InboxCursor>,
     ) -> Result<Page<tasks::Model, InboxCursor>> {
-        page.after.as_ref().map(InboxCursor::check).transpose()?;
-        // One text per cursor shape: none, after a deadline, after the tasks without one.
-        static FIRST: Template = Template::new();
-        static AFTER_DEADLINE: Template = Template::new();
-        static AFTER_NO_DEADLINE: Template = Template::new();
-        let args = PageArgs {
-            user: user_id,
-            at: None,
-            limit: page.fetch()?,
-            after: page.after.as_ref().map(|after| After {
-                deadline: after.sla_deadline.map(utc),
-                created_at: utc(after.created_at),
-                id: after.id,
-            }),
-        };
-        let text = match &args.after {
-            None => &FIRST,
-            Some(After {
-                deadline: Some(_), ..
-            }) => &AFTER_DEADLINE,
-            Some(After { deadline: None, .. }) => &AFTER_NO_DEADLINE,
-        };
-        let rows = tenant_read(self.db, ctx, async |txn| {
-            let statement = args.bind_to(text, txn.get_database_backend(), ctx, inbox_statement);
-            Ok(tasks::Model::find_by_statement(statement).all(txn).await?)
-        })
-        .await?;
-        Ok(Page::from_rows(rows, page.limit, InboxCursor::of))
+        traced(
+            span!("orkestra.tasks.find_pending_for_user", ctx, user.id = %user_id),
+            async move {
+                page.after.as_ref().map(InboxCursor::check).transpose()?;
+                // One text per cursor shape: none, after a deadline, after the tasks without one.
+                static FIRST: Template = Template::new();
+                static AFTER_DEADLINE: Template = Template::new();
+                static AFTER_NO_DEADLINE: Template = Template::new();
+                let args = PageArgs {
+                    user: user_id,
+                    at: None,
+                    limit: page.fetch()?,
+                    after: page.after.as_ref().map(|after| After {
+                        deadline: after.sla_deadline.map(utc),
+                        created_at: utc(after.created_at),
+                        id: after.id,
+                    }),
+                };
+                let text = match &args.after {
+                    None => &FIRST,
+                    Some(After {
+                        deadline: Some(_), ..
+                    }) => &AFTER_DEADLINE,
+                    Some(After { deadline: None, .. }) => &AFTER_NO_DEADLINE,
+                };
+                let rows = tenant_read(self.db, ctx, async |txn| {
+                    let statement =
+                        args.bind_to(text, txn.get_database_backend(), ctx, inbox_statement);
+                    Ok(tasks::Model::find_by_statement(statement).all(txn).await?)
+                })
+                .await?;
+                Ok(Page::from_rows(rows, page.limit, InboxCursor::of))
+            },
+        )
+        .await
     }
 
     /// The tasks of one workflow run, in creation order.
@@ -432,14 +476,24 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         workflow_run_id: &str,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<tasks::Model, Uuid>> {
-        let workflow_id = validate::text("workflow_id", workflow_id, validate::ID_MAX)?;
-        let workflow_run_id = validate::text("workflow_run_id", workflow_run_id, validate::ID_MAX)?;
-        let query = scope::find::<tasks::Entity>(ctx)
-            .filter(tasks::Column::WorkflowId.eq(workflow_id))
-            .filter(tasks::Column::WorkflowRunId.eq(workflow_run_id));
-        let query = page::by_id(query, tasks::Column::Id, page)?;
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
-        Ok(Page::from_rows(rows, page.limit, |task| task.id))
+        let span = span!(
+            "orkestra.tasks.list_by_workflow_run",
+            ctx,
+            workflow.id = ?workflow_id,
+            workflow.run_id = ?workflow_run_id,
+        );
+        traced(span, async move {
+            let workflow_id = validate::text("workflow_id", workflow_id, validate::ID_MAX)?;
+            let workflow_run_id =
+                validate::text("workflow_run_id", workflow_run_id, validate::ID_MAX)?;
+            let query = scope::find::<tasks::Entity>(ctx)
+                .filter(tasks::Column::WorkflowId.eq(workflow_id))
+                .filter(tasks::Column::WorkflowRunId.eq(workflow_run_id));
+            let query = page::by_id(query, tasks::Column::Id, page)?;
+            let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+            Ok(Page::from_rows(rows, page.limit, |task| task.id))
+        })
+        .await
     }
 
     /// The tenant's tasks in one status, in creation order.
@@ -452,17 +506,55 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         status: TaskStatus,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<tasks::Model, Uuid>> {
-        // Ordered by (status, id), which is id order since the status is fixed: the planner then
-        // reads the page from `(tenant_id, status, id)` in order. Ordered by id alone, it could not
-        // tell a rare status from a common one (row-level security hides the column's statistics
-        // from it, since enum equality is not leakproof) and walked the primary key filtering on
-        // status, reading the whole tenant for a status whose tasks are few and the newest.
-        let query = scope::find::<tasks::Entity>(ctx)
-            .filter(status_in(&[status]))
-            .order_by_asc(tasks::Column::Status);
-        let query = page::by_id(query, tasks::Column::Id, page)?;
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
-        Ok(Page::from_rows(rows, page.limit, |task| task.id))
+        traced(span!("orkestra.tasks.list_by_status", ctx), async move {
+            // Ordered by (status, id), which is id order since the status is fixed: the planner then
+            // reads the page from `(tenant_id, status, id)` in order. Ordered by id alone, it could not
+            // tell a rare status from a common one (row-level security hides the column's statistics
+            // from it, since enum equality is not leakproof) and walked the primary key filtering on
+            // status, reading the whole tenant for a status whose tasks are few and the newest.
+            let query = scope::find::<tasks::Entity>(ctx)
+                .filter(status_in(&[status]))
+                .order_by_asc(tasks::Column::Status);
+            let query = page::by_id(query, tasks::Column::Id, page)?;
+            let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+            Ok(Page::from_rows(rows, page.limit, |task| task.id))
+        })
+        .await
+    }
+
+    /// The open tasks (created, assigned, claimed or escalated) assigned to an archived group, in
+    /// creation order: what is left to hand on after
+    /// [`GroupRepository::archive`](crate::GroupRepository::archive). [`assign`](Self::assign)
+    /// moves an unclaimed one to a user or an active group; a claimed one stays with its claimer
+    /// until completed or released.
+    ///
+    /// # Errors
+    /// [`Error::Validation`] for a limit outside 1..=500; [`Error::Db`].
+    pub async fn list_in_archived_groups(
+        &self,
+        ctx: &RequestContext,
+        page: &PageRequest<Uuid>,
+    ) -> Result<Page<tasks::Model, Uuid>> {
+        traced(
+            span!("orkestra.tasks.list_in_archived_groups", ctx),
+            async move {
+                let archived = scope::find::<groups::Entity>(ctx)
+                    .select_only()
+                    .column(groups::Column::Id)
+                    .filter(
+                        Expr::col((groups::Entity, groups::Column::Status))
+                            .eq(Expr::Constant(GroupStatus::Archived.as_str().into())),
+                    )
+                    .into_query();
+                let query = scope::find::<tasks::Entity>(ctx)
+                    .filter(status_in(&TaskStatus::OPEN))
+                    .filter(tasks::Column::AssignedGroupId.in_subquery(archived));
+                let query = page::by_id(query, tasks::Column::Id, page)?;
+                let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+                Ok(Page::from_rows(rows, page.limit, |task| task.id))
+            },
+        )
+        .await
     }
 
     /// The open tasks whose deadline passed before `now`, earliest deadline first: what an SLA
@@ -477,31 +569,35 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         now: DateTime<FixedOffset>,
         page: &PageRequest<OverdueCursor>,
     ) -> Result<Page<tasks::Model, OverdueCursor>> {
-        validate::instant("now", now)?;
-        page.after.as_ref().map(OverdueCursor::check).transpose()?;
-        static FIRST: Template = Template::new();
-        static AFTER: Template = Template::new();
-        let args = PageArgs {
-            user: Uuid::nil(),
-            at: Some(utc(now)),
-            limit: page.fetch()?,
-            after: page.after.as_ref().map(|after| After {
-                deadline: Some(utc(after.sla_deadline)),
-                created_at: template::time(0),
-                id: after.id,
-            }),
-        };
-        let text = if args.after.is_some() { &AFTER } else { &FIRST };
-        let rows = tenant_read(self.db, ctx, async |txn| {
-            let statement = args.bind_to(text, txn.get_database_backend(), ctx, overdue_statement);
-            Ok(tasks::Model::find_by_statement(statement).all(txn).await?)
+        traced(span!("orkestra.tasks.overdue", ctx), async move {
+            validate::instant("now", now)?;
+            page.after.as_ref().map(OverdueCursor::check).transpose()?;
+            static FIRST: Template = Template::new();
+            static AFTER: Template = Template::new();
+            let args = PageArgs {
+                user: Uuid::nil(),
+                at: Some(utc(now)),
+                limit: page.fetch()?,
+                after: page.after.as_ref().map(|after| After {
+                    deadline: Some(utc(after.sla_deadline)),
+                    created_at: template::time(0),
+                    id: after.id,
+                }),
+            };
+            let text = if args.after.is_some() { &AFTER } else { &FIRST };
+            let rows = tenant_read(self.db, ctx, async |txn| {
+                let statement =
+                    args.bind_to(text, txn.get_database_backend(), ctx, overdue_statement);
+                Ok(tasks::Model::find_by_statement(statement).all(txn).await?)
+            })
+            .await?;
+            Ok(Page::from_rows(rows, page.limit, |task| OverdueCursor {
+                // Always set: the query only returns tasks with a deadline.
+                sla_deadline: task.sla_deadline.unwrap_or(task.created_at),
+                id: task.id,
+            }))
         })
-        .await?;
-        Ok(Page::from_rows(rows, page.limit, |task| OverdueCursor {
-            // Always set: the query only returns tasks with a deadline.
-            sla_deadline: task.sla_deadline.unwrap_or(task.created_at),
-            id: task.id,
-        }))
+        .await
     }
 
     /// A task's history, oldest first. An unknown task has none.
@@ -513,11 +609,17 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         ctx: &RequestContext,
         task_id: Uuid,
     ) -> Result<Vec<task_history::Model>> {
-        let query = scope::find::<task_history::Entity>(ctx)
-            .filter(task_history::Column::TaskId.eq(task_id))
-            .order_by_asc(task_history::Column::CreatedAt)
-            .order_by_asc(task_history::Column::Id);
-        tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
+        traced(
+            span!("orkestra.tasks.history", ctx, task.id = %task_id),
+            async move {
+                let query = scope::find::<task_history::Entity>(ctx)
+                    .filter(task_history::Column::TaskId.eq(task_id))
+                    .order_by_asc(task_history::Column::CreatedAt)
+                    .order_by_asc(task_history::Column::Id);
+                tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await
+            },
+        )
+        .await
     }
 
     /// Assigns (or reassigns) a task that is not claimed: it becomes `ASSIGNED` to `assign_to`.
@@ -528,6 +630,7 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     /// - [`Error::InvalidTransition`]: the task is claimed or final;
     /// - [`Error::Reference`] ([`ASSIGNEE_FKEY`], [`GROUP_FKEY`]): the user or group is not the
     ///   tenant's;
+    /// - [`Error::InvalidState`] (entity `"group"`): the group is archived;
     /// - [`Error::Db`].
     pub async fn assign(
         &self,
@@ -535,33 +638,46 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         id: Uuid,
         assign_to: AssignTo,
     ) -> Result<tasks::Model> {
-        assign_to.validate()?;
-        static WRITE: Template = Template::new();
-        let change = Transition {
-            action: TaskAction::Assign,
-            from: &ASSIGNABLE,
-            who: None,
-            details: assign_to.details(),
-            assign_to: Some(assign_to),
-            write: &WRITE,
-            set: |update, args| {
-                update
-                    .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
-                    .col_expr(tasks::Column::AssignedUserId, Expr::value(args.to_user))
-                    .col_expr(tasks::Column::AssignedGroupId, Expr::value(args.to_group))
-                    .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
-            },
-        };
-        let args = Args {
-            to_user: assign_to.user_id,
-            to_group: assign_to.group_id,
-            ..Args::new(id)
-        };
-        self.transition(ctx, args, change).await
+        let span = span!(
+            "orkestra.tasks.assign",
+            ctx,
+            task.id = %id,
+            assignee.user.id = Empty,
+            assignee.group.id = Empty,
+        );
+        trace::ids(&span, "assignee.user.id", assign_to.user_id);
+        trace::ids(&span, "assignee.group.id", assign_to.group_id);
+        traced(span, async move {
+            assign_to.validate()?;
+            static WRITE: Template = Template::new();
+            let change = Transition {
+                action: TaskAction::Assign,
+                from: &ASSIGNABLE,
+                who: None,
+                details: assign_to.details(),
+                assign_to: Some(assign_to),
+                write: &WRITE,
+                set: |update, args| {
+                    update
+                        .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
+                        .col_expr(tasks::Column::AssignedUserId, Expr::value(args.to_user))
+                        .col_expr(tasks::Column::AssignedGroupId, Expr::value(args.to_group))
+                        .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
+                },
+            };
+            let args = Args {
+                to_user: assign_to.user_id,
+                to_group: assign_to.group_id,
+                ..Args::new(id)
+            };
+            self.transition(ctx, args, change).await
+        })
+        .await
     }
 
     /// Claims an assigned or escalated task for `user_id`, who must be active and either its
-    /// assignee or a member of its group. Of many concurrent claims, exactly one wins; the others
+    /// assignee or a member of its group (while the group is active: see
+    /// [`GroupRepository::archive`](crate::GroupRepository::archive)). Of many concurrent claims, exactly one wins; the others
     /// get [`Error::InvalidTransition`] naming `CLAIMED`.
     ///
     /// # Errors
@@ -577,14 +693,15 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         id: Uuid,
         user_id: Uuid,
     ) -> Result<tasks::Model> {
+        traced(span!("orkestra.tasks.claim", ctx, task.id = %id, user.id = %user_id), async move {
         static WRITE: Template = Template::new();
         let change = Transition {
             action: TaskAction::Claim,
             from: &CLAIMABLE,
             who: Some(Who {
                 condition: |ctx, args| may_claim(ctx, args.user),
-                reason: "the user is not the assignee or a member of the assigned group, or is \
-                         inactive",
+                reason: "the user is not the assignee or a member of the assigned group (or the \
+                         group is archived), or is inactive",
             }),
             details: json!({ "user_id": user_id }),
             assign_to: None,
@@ -600,11 +717,13 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
             ..Args::new(id)
         };
         self.transition(ctx, args, change).await
+        })
+        .await
     }
 
     /// Claims the first task of the user's inbox that nobody else is claiming at this moment: the
     /// way workers sharing group queues take work without racing each other. The task is the
-    /// first claimable one (assigned or escalated, to the user or to one of the user's groups) in
+    /// first claimable one (assigned or escalated, to the user or to one of the user's active groups) in
     /// inbox order; on PostgreSQL a task another transaction holds locked (claiming or otherwise
     /// changing it) is skipped (`FOR NO KEY UPDATE SKIP LOCKED`), not waited for, so concurrent
     /// callers get different tasks and none loses a race. One `UPDATE ... RETURNING` and the
@@ -624,57 +743,63 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         ctx: &RequestContext,
         user_id: Uuid,
     ) -> Result<Option<tasks::Model>> {
-        let mut next = inbox_order(
-            scope::find::<tasks::Entity>(ctx)
-                .select_only()
-                .column(tasks::Column::Id)
-                .filter(status_in(&CLAIMABLE))
-                .filter(assigned_to_user_or_groups(
-                    self.db.get_database_backend(),
-                    ctx,
-                    user_id,
-                ))
-                .filter(active_user(ctx, user_id)),
+        traced(
+            span!("orkestra.tasks.claim_next", ctx, user.id = %user_id),
+            async move {
+                let mut next = inbox_order(
+                    scope::find::<tasks::Entity>(ctx)
+                        .select_only()
+                        .column(tasks::Column::Id)
+                        .filter(status_in(&CLAIMABLE))
+                        .filter(assigned_to_user_or_groups(
+                            self.db.get_database_backend(),
+                            ctx,
+                            user_id,
+                        ))
+                        .filter(active_user(ctx, user_id)),
+                )
+                .limit(1)
+                .into_query();
+                // SQLite has no row locks (its writers are serialised); sea-query leaves the clause out.
+                // NO KEY UPDATE, the lock the UPDATE itself takes: FOR UPDATE would also collide with the
+                // KEY SHARE locks that inserting history rows takes on their task.
+                next.lock_with_behavior(LockType::NoKeyUpdate, LockBehavior::SkipLocked);
+                let update = scope::update_many::<tasks::Entity>(ctx)
+                    // `= (SELECT ...)`, evaluated once. Not `IN (SELECT ...)`: PostgreSQL may rescan that
+                    // subquery for each row it updates, and each rescan skips the rows this statement has
+                    // just claimed and yields the next, so one call would claim several tasks.
+                    .filter(
+                        Expr::col((tasks::Entity, tasks::Column::Id))
+                            .eq(Expr::SubQuery(None, Box::new(next.into()))),
+                    )
+                    .filter(status_in(&CLAIMABLE))
+                    .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Claimed))
+                    .col_expr(tasks::Column::ClaimedBy, Expr::value(user_id))
+                    .col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
+                tenant_transaction(self.db, ctx, async |txn| {
+                    if let Some(task) = update.exec_with_returning(txn).await?.pop() {
+                        let details = json!({ "user_id": user_id });
+                        record(txn, ctx, &task, TaskAction::Claim.history_label(), details).await?;
+                        return Ok(Some(task));
+                    }
+                    let user = scope::find::<users::Entity>(ctx)
+                        .filter(users::Column::Id.eq(user_id))
+                        .one(txn)
+                        .await?
+                        .ok_or_else(|| Error::not_found("user", user_id))?;
+                    if !user.status.is_active() {
+                        return Err(Error::InvalidState {
+                            entity: "user",
+                            id: user_id.to_string(),
+                            state: user.status.as_str().to_owned(),
+                            action: "claim a task as",
+                        });
+                    }
+                    Ok(None)
+                })
+                .await
+            },
         )
-        .limit(1)
-        .into_query();
-        // SQLite has no row locks (its writers are serialised); sea-query leaves the clause out.
-        // NO KEY UPDATE, the lock the UPDATE itself takes: FOR UPDATE would also collide with the
-        // KEY SHARE locks that inserting history rows takes on their task.
-        next.lock_with_behavior(LockType::NoKeyUpdate, LockBehavior::SkipLocked);
-        let update = scope::update_many::<tasks::Entity>(ctx)
-            // `= (SELECT ...)`, evaluated once. Not `IN (SELECT ...)`: PostgreSQL may rescan that
-            // subquery for each row it updates, and each rescan skips the rows this statement has
-            // just claimed and yields the next, so one call would claim several tasks.
-            .filter(
-                Expr::col((tasks::Entity, tasks::Column::Id))
-                    .eq(Expr::SubQuery(None, Box::new(next.into()))),
-            )
-            .filter(status_in(&CLAIMABLE))
-            .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Claimed))
-            .col_expr(tasks::Column::ClaimedBy, Expr::value(user_id))
-            .col_expr(tasks::Column::UpdatedAt, Expr::value(now()));
-        tenant_transaction(self.db, ctx, async |txn| {
-            if let Some(task) = update.exec_with_returning(txn).await?.pop() {
-                let details = json!({ "user_id": user_id });
-                record(txn, ctx, &task, TaskAction::Claim.history_label(), details).await?;
-                return Ok(Some(task));
-            }
-            let user = scope::find::<users::Entity>(ctx)
-                .filter(users::Column::Id.eq(user_id))
-                .one(txn)
-                .await?
-                .ok_or_else(|| Error::not_found("user", user_id))?;
-            if !user.status.is_active() {
-                return Err(Error::InvalidState {
-                    entity: "user",
-                    id: user_id.to_string(),
-                    state: user.status.as_str().to_owned(),
-                    action: "claim a task as",
-                });
-            }
-            Ok(None)
-        })
         .await
     }
 
@@ -693,28 +818,36 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         id: Uuid,
         user_id: Uuid,
     ) -> Result<tasks::Model> {
-        static WRITE: Template = Template::new();
-        let change = Transition {
-            action: TaskAction::Release,
-            from: &[TaskStatus::Claimed],
-            who: Some(Who {
-                condition: |_, args| Condition::all().add(tasks::Column::ClaimedBy.eq(args.user)),
-                reason: "the task is claimed by another user",
-            }),
-            details: json!({ "user_id": user_id }),
-            assign_to: None,
-            write: &WRITE,
-            set: |update, _| {
-                update
-                    .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
-                    .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
+        traced(
+            span!("orkestra.tasks.release", ctx, task.id = %id, user.id = %user_id),
+            async move {
+                static WRITE: Template = Template::new();
+                let change = Transition {
+                    action: TaskAction::Release,
+                    from: &[TaskStatus::Claimed],
+                    who: Some(Who {
+                        condition: |_, args| {
+                            Condition::all().add(tasks::Column::ClaimedBy.eq(args.user))
+                        },
+                        reason: "the task is claimed by another user",
+                    }),
+                    details: json!({ "user_id": user_id }),
+                    assign_to: None,
+                    write: &WRITE,
+                    set: |update, _| {
+                        update
+                            .col_expr(tasks::Column::Status, Expr::value(TaskStatus::Assigned))
+                            .col_expr(tasks::Column::ClaimedBy, Expr::value(None::<Uuid>))
+                    },
+                };
+                let args = Args {
+                    user: user_id,
+                    ..Args::new(id)
+                };
+                self.transition(ctx, args, change).await
             },
-        };
-        let args = Args {
-            user: user_id,
-            ..Args::new(id)
-        };
-        self.transition(ctx, args, change).await
+        )
+        .await
     }
 
     /// Completes a task with `form_data`, by `user_id`: the user who claimed it, or (without a
@@ -734,6 +867,7 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         user_id: Uuid,
         form_data: Value,
     ) -> Result<tasks::Model> {
+        traced(span!("orkestra.tasks.complete", ctx, task.id = %id, user.id = %user_id), async move {
         validate::json_object("form_data", &form_data)?;
         static WRITE: Template = Template::new();
         let change = Transition {
@@ -775,6 +909,8 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
             ..Args::new(id)
         };
         self.transition(ctx, args, change).await
+        })
+        .await
     }
 
     /// Escalates an open task: it becomes `ESCALATED`, any claim is dropped, and it is reassigned
@@ -792,42 +928,54 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         to: Option<AssignTo>,
         reason: Option<Value>,
     ) -> Result<tasks::Model> {
-        if let Some(to) = &to {
-            to.validate()?;
-        }
-        if let Some(reason) = &reason {
-            validate::json("reason", reason)?;
-        }
-        // Two texts: with a reassignment and without.
-        static WRITE: Template = Template::new();
-        static WRITE_REASSIGNING: Template = Template::new();
-        let change = Transition {
-            action: TaskAction::Escalate,
-            from: &TaskStatus::OPEN,
-            who: None,
-            details: json!({ "reason": reason, "to": to.map(|to| to.details()) }),
-            assign_to: to,
-            write: if to.is_some() {
-                &WRITE_REASSIGNING
-            } else {
-                &WRITE
-            },
-            set: if to.is_some() {
-                |update, args| {
-                    escalate_set(update)
-                        .col_expr(tasks::Column::AssignedUserId, Expr::value(args.to_user))
-                        .col_expr(tasks::Column::AssignedGroupId, Expr::value(args.to_group))
-                }
-            } else {
-                |update, _| escalate_set(update)
-            },
-        };
-        let args = Args {
-            to_user: to.and_then(|to| to.user_id),
-            to_group: to.and_then(|to| to.group_id),
-            ..Args::new(id)
-        };
-        self.transition(ctx, args, change).await
+        let span = span!(
+            "orkestra.tasks.escalate",
+            ctx,
+            task.id = %id,
+            assignee.user.id = Empty,
+            assignee.group.id = Empty,
+        );
+        trace::ids(&span, "assignee.user.id", to.and_then(|to| to.user_id));
+        trace::ids(&span, "assignee.group.id", to.and_then(|to| to.group_id));
+        traced(span, async move {
+            if let Some(to) = &to {
+                to.validate()?;
+            }
+            if let Some(reason) = &reason {
+                validate::json("reason", reason)?;
+            }
+            // Two texts: with a reassignment and without.
+            static WRITE: Template = Template::new();
+            static WRITE_REASSIGNING: Template = Template::new();
+            let change = Transition {
+                action: TaskAction::Escalate,
+                from: &TaskStatus::OPEN,
+                who: None,
+                details: json!({ "reason": reason, "to": to.map(|to| to.details()) }),
+                assign_to: to,
+                write: if to.is_some() {
+                    &WRITE_REASSIGNING
+                } else {
+                    &WRITE
+                },
+                set: if to.is_some() {
+                    |update, args| {
+                        escalate_set(update)
+                            .col_expr(tasks::Column::AssignedUserId, Expr::value(args.to_user))
+                            .col_expr(tasks::Column::AssignedGroupId, Expr::value(args.to_group))
+                    }
+                } else {
+                    |update, _| escalate_set(update)
+                },
+            };
+            let args = Args {
+                to_user: to.and_then(|to| to.user_id),
+                to_group: to.and_then(|to| to.group_id),
+                ..Args::new(id)
+            };
+            self.transition(ctx, args, change).await
+        })
+        .await
     }
 
     /// Marks an open task `EXPIRED` (its SLA passed).
@@ -835,19 +983,25 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     /// # Errors
     /// [`Error::NotFound`]; [`Error::InvalidTransition`] when the task is final; [`Error::Db`].
     pub async fn expire(&self, ctx: &RequestContext, id: Uuid) -> Result<tasks::Model> {
-        static WRITE: Template = Template::new();
-        let change = Transition {
-            action: TaskAction::Expire,
-            from: &TaskStatus::OPEN,
-            who: None,
-            details: json!({}),
-            assign_to: None,
-            write: &WRITE,
-            set: |update, _| {
-                update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Expired))
+        traced(
+            span!("orkestra.tasks.expire", ctx, task.id = %id),
+            async move {
+                static WRITE: Template = Template::new();
+                let change = Transition {
+                    action: TaskAction::Expire,
+                    from: &TaskStatus::OPEN,
+                    who: None,
+                    details: json!({}),
+                    assign_to: None,
+                    write: &WRITE,
+                    set: |update, _| {
+                        update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Expired))
+                    },
+                };
+                self.transition(ctx, Args::new(id), change).await
             },
-        };
-        self.transition(ctx, Args::new(id), change).await
+        )
+        .await
     }
 
     /// Cancels an open task; `reason` goes to the history row.
@@ -862,20 +1016,26 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         id: Uuid,
         reason: Option<&str>,
     ) -> Result<tasks::Model> {
-        let reason = validate::optional_text("reason", reason, validate::DESCRIPTION_MAX)?;
-        static WRITE: Template = Template::new();
-        let change = Transition {
-            action: TaskAction::Cancel,
-            from: &TaskStatus::OPEN,
-            who: None,
-            details: json!({ "reason": reason }),
-            assign_to: None,
-            write: &WRITE,
-            set: |update, _| {
-                update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Cancelled))
+        traced(
+            span!("orkestra.tasks.cancel", ctx, task.id = %id),
+            async move {
+                let reason = validate::optional_prose("reason", reason, validate::DESCRIPTION_MAX)?;
+                static WRITE: Template = Template::new();
+                let change = Transition {
+                    action: TaskAction::Cancel,
+                    from: &TaskStatus::OPEN,
+                    who: None,
+                    details: json!({ "reason": reason }),
+                    assign_to: None,
+                    write: &WRITE,
+                    set: |update, _| {
+                        update.col_expr(tasks::Column::Status, Expr::value(TaskStatus::Cancelled))
+                    },
+                };
+                self.transition(ctx, Args::new(id), change).await
             },
-        };
-        self.transition(ctx, Args::new(id), change).await
+        )
+        .await
     }
 
     /// One guarded write and its history row, in one transaction. On a miss, reads the task to say
@@ -892,6 +1052,9 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
         let id = args.id;
         let sentinels = Args::sentinels();
         let written = tenant_transaction(self.db, ctx, async |txn| {
+            if let Some(group) = args.to_group {
+                active_group(txn, ctx, group, "assign a task to").await?;
+            }
             let backend = txn.get_database_backend();
             let mut current = None;
             for _ in 0..ATTEMPTS {
@@ -1112,12 +1275,27 @@ pub(crate) fn status_in(statuses: &[TaskStatus]) -> Expr {
     )
 }
 
-/// The ids of the groups `user_id` belongs to, as a subquery.
+/// The ids of the active groups `user_id` belongs to, as a subquery: an archived group's tasks are
+/// no longer offered to its members.
 fn groups_of(ctx: &RequestContext, user_id: Uuid) -> SelectStatement {
+    // The label as a literal, for the reason `status_in` gives.
+    let active = scope::find::<groups::Entity>(ctx)
+        .select_only()
+        .expr(Expr::val(1))
+        .filter(
+            Expr::col((groups::Entity, groups::Column::Id))
+                .equals((group_members::Entity, group_members::Column::GroupId)),
+        )
+        .filter(
+            Expr::col((groups::Entity, groups::Column::Status))
+                .eq(Expr::Constant(GroupStatus::Active.as_str().into())),
+        )
+        .into_query();
     scope::find::<group_members::Entity>(ctx)
         .select_only()
         .column(group_members::Column::GroupId)
         .filter(group_members::Column::UserId.eq(user_id))
+        .filter(Expr::exists(active))
         .into_query()
 }
 
@@ -1472,7 +1650,11 @@ mod tests {
     use crate::testing::{bound, committed, one_each, sent, statements, tenant_calls};
 
     fn ctx() -> RequestContext {
-        RequestContext::new(Uuid::now_v7(), Actor::user(Uuid::now_v7())).expect("context")
+        RequestContext::new(
+            Uuid::now_v7(),
+            Actor::user(Uuid::now_v7()).expect("a non-nil user"),
+        )
+        .expect("context")
     }
 
     fn task(ctx: &RequestContext, status: TaskStatus) -> tasks::Model {

@@ -12,6 +12,7 @@ use uuid::Uuid;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
 use crate::scope::system;
+use crate::trace::{span, traced};
 use crate::tx::Connection;
 use crate::{now, system_transaction, validate};
 
@@ -74,26 +75,29 @@ impl<'a, C: Connection> TenantRepository<'a, C> {
     /// - [`Error::Conflict`] ([`SLUG_KEY`]): the slug is taken;
     /// - [`Error::Db`].
     pub async fn create(&self, tenant: NewTenant) -> Result<tenants::Model> {
-        let name = validate::text("name", &tenant.name, validate::NAME_MAX)?;
-        let slug = validate::slug("slug", &tenant.slug)?;
-        let config = tenant.config.unwrap_or_else(|| serde_json::json!({}));
-        validate::json_object("config", &config)?;
-        if let Some(limits) = &tenant.limits {
-            validate::json_object("limits", limits)?;
-        }
-        let at = now();
-        let tenant = tenants::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            name: Set(name),
-            slug: Set(slug),
-            config: Set(config),
-            limits: Set(tenant.limits),
-            status: Set(TenantStatus::Active),
-            created_at: Set(at),
-            updated_at: Set(at),
-        };
-        system_transaction(self.db, async |txn| {
-            tenant.insert(txn).await.or_unique(SLUG_KEY)
+        traced(span!("orkestra.tenants.create";), async move {
+            let name = validate::text("name", &tenant.name, validate::NAME_MAX)?;
+            let slug = validate::slug("slug", &tenant.slug)?;
+            let config = tenant.config.unwrap_or_else(|| serde_json::json!({}));
+            validate::json_object("config", &config)?;
+            if let Some(limits) = &tenant.limits {
+                validate::json_object("limits", limits)?;
+            }
+            let at = now();
+            let tenant = tenants::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                name: Set(name),
+                slug: Set(slug),
+                config: Set(config),
+                limits: Set(tenant.limits),
+                status: Set(TenantStatus::Active),
+                created_at: Set(at),
+                updated_at: Set(at),
+            };
+            system_transaction(self.db, async |txn| {
+                tenant.insert(txn).await.or_unique(SLUG_KEY)
+            })
+            .await
         })
         .await
     }
@@ -103,7 +107,11 @@ impl<'a, C: Connection> TenantRepository<'a, C> {
     /// # Errors
     /// [`Error::Db`].
     pub async fn find_by_id(&self, id: Uuid) -> Result<Option<tenants::Model>> {
-        system_transaction(self.db, async |txn| find(txn, id).await).await
+        traced(
+            span!("orkestra.tenants.find_by_id"; tenant.id = %id),
+            async move { system_transaction(self.db, async |txn| find(txn, id).await).await },
+        )
+        .await
     }
 
     /// The tenant with this slug, whatever its status.
@@ -111,9 +119,12 @@ impl<'a, C: Connection> TenantRepository<'a, C> {
     /// # Errors
     /// [`Error::Validation`] for a slug that could not have been stored; [`Error::Db`].
     pub async fn find_by_slug(&self, slug: &str) -> Result<Option<tenants::Model>> {
-        let slug = validate::slug("slug", slug)?;
-        let query = system::tenants().filter(tenants::Column::Slug.eq(slug));
-        system_transaction(self.db, async |txn| Ok(query.one(txn).await?)).await
+        traced(span!("orkestra.tenants.find_by_slug";), async move {
+            let slug = validate::slug("slug", slug)?;
+            let query = system::tenants().filter(tenants::Column::Slug.eq(slug));
+            system_transaction(self.db, async |txn| Ok(query.one(txn).await?)).await
+        })
+        .await
     }
 
     /// A page of tenants (only those with `status`, when given), in creation order.
@@ -125,13 +136,16 @@ impl<'a, C: Connection> TenantRepository<'a, C> {
         status: Option<TenantStatus>,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<tenants::Model, Uuid>> {
-        let mut query = system::tenants();
-        if let Some(status) = status {
-            query = query.filter(tenants::Column::Status.eq(status));
-        }
-        let query = page::by_id(query, tenants::Column::Id, page)?;
-        let rows = system_transaction(self.db, async |txn| Ok(query.all(txn).await?)).await?;
-        Ok(Page::from_rows(rows, page.limit, |tenant| tenant.id))
+        traced(span!("orkestra.tenants.list";), async move {
+            let mut query = system::tenants();
+            if let Some(status) = status {
+                query = query.filter(tenants::Column::Status.eq(status));
+            }
+            let query = page::by_id(query, tenants::Column::Id, page)?;
+            let rows = system_transaction(self.db, async |txn| Ok(query.all(txn).await?)).await?;
+            Ok(Page::from_rows(rows, page.limit, |tenant| tenant.id))
+        })
+        .await
     }
 
     /// Changes a tenant's name, configuration and/or limits; a deleted tenant cannot be changed.
@@ -142,33 +156,39 @@ impl<'a, C: Connection> TenantRepository<'a, C> {
     /// - [`Error::InvalidState`]: the tenant is deleted;
     /// - [`Error::Db`].
     pub async fn update(&self, id: Uuid, update: TenantUpdate) -> Result<tenants::Model> {
-        let mut statement = system::update_tenants();
-        let mut changed = false;
-        if let Some(name) = &update.name {
-            let name = validate::text("name", name, validate::NAME_MAX)?;
-            statement = statement.col_expr(tenants::Column::Name, Expr::value(name));
-            changed = true;
-        }
-        if let Some(config) = update.config {
-            validate::json_object("config", &config)?;
-            statement = statement.col_expr(tenants::Column::Config, Expr::value(config));
-            changed = true;
-        }
-        if let Some(limits) = update.limits {
-            if let Some(limits) = &limits {
-                validate::json_object("limits", limits)?;
-            }
-            statement = statement.col_expr(tenants::Column::Limits, Expr::value(limits));
-            changed = true;
-        }
-        if !changed {
-            return Err(Error::validation("update", "names no field to change"));
-        }
-        self.guarded(
-            statement,
-            id,
-            &[TenantStatus::Active, TenantStatus::Suspended],
-            "update",
+        traced(
+            span!("orkestra.tenants.update"; tenant.id = %id),
+            async move {
+                let mut statement = system::update_tenants();
+                let mut changed = false;
+                if let Some(name) = &update.name {
+                    let name = validate::text("name", name, validate::NAME_MAX)?;
+                    statement = statement.col_expr(tenants::Column::Name, Expr::value(name));
+                    changed = true;
+                }
+                if let Some(config) = update.config {
+                    validate::json_object("config", &config)?;
+                    statement = statement.col_expr(tenants::Column::Config, Expr::value(config));
+                    changed = true;
+                }
+                if let Some(limits) = update.limits {
+                    if let Some(limits) = &limits {
+                        validate::json_object("limits", limits)?;
+                    }
+                    statement = statement.col_expr(tenants::Column::Limits, Expr::value(limits));
+                    changed = true;
+                }
+                if !changed {
+                    return Err(Error::validation("update", "names no field to change"));
+                }
+                self.guarded(
+                    statement,
+                    id,
+                    &[TenantStatus::Active, TenantStatus::Suspended],
+                    "update",
+                )
+                .await
+            },
         )
         .await
     }
@@ -178,8 +198,14 @@ impl<'a, C: Connection> TenantRepository<'a, C> {
     /// # Errors
     /// [`Error::NotFound`]; [`Error::InvalidState`] when the tenant is deleted; [`Error::Db`].
     pub async fn suspend(&self, id: Uuid) -> Result<tenants::Model> {
-        self.set_status(id, TenantStatus::Suspended, "suspend")
-            .await
+        traced(
+            span!("orkestra.tenants.suspend"; tenant.id = %id),
+            async move {
+                self.set_status(id, TenantStatus::Suspended, "suspend")
+                    .await
+            },
+        )
+        .await
     }
 
     /// Makes a suspended tenant active again. Idempotent.
@@ -187,8 +213,14 @@ impl<'a, C: Connection> TenantRepository<'a, C> {
     /// # Errors
     /// [`Error::NotFound`]; [`Error::InvalidState`] when the tenant is deleted; [`Error::Db`].
     pub async fn reactivate(&self, id: Uuid) -> Result<tenants::Model> {
-        self.set_status(id, TenantStatus::Active, "reactivate")
-            .await
+        traced(
+            span!("orkestra.tenants.reactivate"; tenant.id = %id),
+            async move {
+                self.set_status(id, TenantStatus::Active, "reactivate")
+                    .await
+            },
+        )
+        .await
     }
 
     /// Soft-deletes a tenant: its status becomes `DELETED`, and the row and all its data stay (the
@@ -197,17 +229,23 @@ impl<'a, C: Connection> TenantRepository<'a, C> {
     /// # Errors
     /// [`Error::NotFound`]; [`Error::Db`].
     pub async fn soft_delete(&self, id: Uuid) -> Result<tenants::Model> {
-        let statement = system::update_tenants()
-            .col_expr(tenants::Column::Status, Expr::value(TenantStatus::Deleted));
-        self.guarded(
-            statement,
-            id,
-            &[
-                TenantStatus::Active,
-                TenantStatus::Suspended,
-                TenantStatus::Deleted,
-            ],
-            "delete",
+        traced(
+            span!("orkestra.tenants.soft_delete"; tenant.id = %id),
+            async move {
+                let statement = system::update_tenants()
+                    .col_expr(tenants::Column::Status, Expr::value(TenantStatus::Deleted));
+                self.guarded(
+                    statement,
+                    id,
+                    &[
+                        TenantStatus::Active,
+                        TenantStatus::Suspended,
+                        TenantStatus::Deleted,
+                    ],
+                    "delete",
+                )
+                .await
+            },
         )
         .await
     }

@@ -13,7 +13,8 @@ pub(crate) type Row = BTreeMap<&'static str, Value>;
 
 /// A context for `tenant`, acted on by a user.
 pub(crate) fn ctx(tenant: Uuid) -> RequestContext {
-    RequestContext::new(tenant, Actor::user(Uuid::now_v7())).expect("a non-nil tenant")
+    RequestContext::new(tenant, Actor::user(Uuid::now_v7()).expect("a non-nil user"))
+        .expect("a non-nil tenant")
 }
 
 /// A mock PostgreSQL database; the dialect matters, since the tenant predicates are read from the
@@ -64,6 +65,8 @@ pub(crate) fn group_row(tenant: Uuid, id: Uuid) -> Row {
         ("slug", Value::from("reviewers")),
         ("description", Value::String(None)),
         ("assignment_strategy", Value::from("ROUND_ROBIN")),
+        ("status", Value::from("ACTIVE")),
+        ("archived_at", Value::ChronoDateTimeWithTimeZone(None)),
         ("created_at", stamp()),
         ("updated_at", stamp()),
     ])

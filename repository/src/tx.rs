@@ -12,6 +12,8 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{Error, Result};
 use crate::pg_txn::PgTxn;
+use crate::trace;
+use tracing::Instrument;
 
 /// What the repositories and the transaction helpers run on: a pool
 /// ([`DatabaseConnection`]), a caller's SeaORM transaction ([`DatabaseTransaction`]), or a
@@ -158,17 +160,19 @@ impl ConnectionTrait for Txn {
 
     #[allow(clippy::disallowed_methods)] // Passes on the caller's statement.
     async fn execute_raw(&self, stmt: Statement) -> std::result::Result<ExecResult, DbErr> {
+        let span = trace::statement(self.get_database_backend(), &stmt.sql);
         match &self.inner {
-            Inner::Sea(txn) => txn.execute_raw(stmt).await,
-            Inner::Pg(txn) => txn.execute(stmt).await,
+            Inner::Sea(txn) => txn.execute_raw(stmt).instrument(span).await,
+            Inner::Pg(txn) => txn.execute(stmt).instrument(span).await,
         }
     }
 
     #[allow(clippy::disallowed_methods)] // Passes on the caller's statement.
     async fn execute_unprepared(&self, sql: &str) -> std::result::Result<ExecResult, DbErr> {
+        let span = trace::statement(self.get_database_backend(), sql);
         match &self.inner {
-            Inner::Sea(txn) => txn.execute_unprepared(sql).await,
-            Inner::Pg(txn) => txn.execute_unprepared(sql).await,
+            Inner::Sea(txn) => txn.execute_unprepared(sql).instrument(span).await,
+            Inner::Pg(txn) => txn.execute_unprepared(sql).instrument(span).await,
         }
     }
 
@@ -177,17 +181,19 @@ impl ConnectionTrait for Txn {
         &self,
         stmt: Statement,
     ) -> std::result::Result<Option<QueryResult>, DbErr> {
+        let span = trace::statement(self.get_database_backend(), &stmt.sql);
         match &self.inner {
-            Inner::Sea(txn) => txn.query_one_raw(stmt).await,
-            Inner::Pg(txn) => txn.query_one(stmt).await,
+            Inner::Sea(txn) => txn.query_one_raw(stmt).instrument(span).await,
+            Inner::Pg(txn) => txn.query_one(stmt).instrument(span).await,
         }
     }
 
     #[allow(clippy::disallowed_methods)] // Passes on the caller's statement.
     async fn query_all_raw(&self, stmt: Statement) -> std::result::Result<Vec<QueryResult>, DbErr> {
+        let span = trace::statement(self.get_database_backend(), &stmt.sql);
         match &self.inner {
-            Inner::Sea(txn) => txn.query_all_raw(stmt).await,
-            Inner::Pg(txn) => txn.query_all(stmt).await,
+            Inner::Sea(txn) => txn.query_all_raw(stmt).instrument(span).await,
+            Inner::Pg(txn) => txn.query_all(stmt).instrument(span).await,
         }
     }
 
@@ -214,11 +220,15 @@ where
     C: Connection,
     F: AsyncFnOnce(&Txn) -> Result<T>,
 {
-    let txn = db.begin_txn(tenant).await?;
+    let begin = trace::statement(db.get_database_backend(), "BEGIN");
+    let txn = db.begin_txn(tenant).instrument(begin).await?;
     match f(&txn).await {
         Ok(value) => {
             match end {
-                End::Commit => txn.commit().await?,
+                End::Commit => {
+                    let commit = trace::statement(txn.get_database_backend(), "COMMIT");
+                    txn.commit().instrument(commit).await?;
+                }
                 End::Read => txn.end_read().await?,
             }
             Ok(value)

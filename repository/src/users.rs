@@ -11,6 +11,7 @@ use uuid::Uuid;
 use crate::context::RequestContext;
 use crate::error::{DbResultExt, Error, Result};
 use crate::page::{self, Page, PageRequest};
+use crate::trace::{span, traced};
 use crate::tx::Connection;
 use crate::{now, scope, tenant_read, tenant_transaction, validate};
 
@@ -86,25 +87,28 @@ impl<'a, C: Connection> UserRepository<'a, C> {
     /// - [`Error::Reference`]: the context's tenant does not exist;
     /// - [`Error::Db`].
     pub async fn create(&self, ctx: &RequestContext, user: NewUser) -> Result<users::Model> {
-        let email = validate::email(&user.email)?;
-        let name = validate::text("name", &user.name, validate::NAME_MAX)?;
-        let preferences = user.preferences.unwrap_or_else(|| serde_json::json!({}));
-        validate::json_object("preferences", &preferences)?;
-        let user = users::ActiveModel {
-            id: Set(Uuid::now_v7()),
-            tenant_id: Set(ctx.tenant_id()),
-            email: Set(email),
-            name: Set(name),
-            role: Set(user.role.unwrap_or(UserRole::Member)),
-            preferences: Set(preferences),
-            status: Set(UserStatus::Active),
-            created_at: Set(now()),
-            last_active_at: Set(None),
-        };
-        tenant_transaction(self.db, ctx, async |txn| {
-            user.insert(txn)
-                .await
-                .or_constraints(EMAIL_KEY, TENANT_FKEY)
+        traced(span!("orkestra.users.create", ctx), async move {
+            let email = validate::email(&user.email)?;
+            let name = validate::text("name", &user.name, validate::NAME_MAX)?;
+            let preferences = user.preferences.unwrap_or_else(|| serde_json::json!({}));
+            validate::json_object("preferences", &preferences)?;
+            let user = users::ActiveModel {
+                id: Set(Uuid::now_v7()),
+                tenant_id: Set(ctx.tenant_id()),
+                email: Set(email),
+                name: Set(name),
+                role: Set(user.role.unwrap_or(UserRole::Member)),
+                preferences: Set(preferences),
+                status: Set(UserStatus::Active),
+                created_at: Set(now()),
+                last_active_at: Set(None),
+            };
+            tenant_transaction(self.db, ctx, async |txn| {
+                user.insert(txn)
+                    .await
+                    .or_constraints(EMAIL_KEY, TENANT_FKEY)
+            })
+            .await
         })
         .await
     }
@@ -114,8 +118,14 @@ impl<'a, C: Connection> UserRepository<'a, C> {
     /// # Errors
     /// [`Error::Db`].
     pub async fn find_by_id(&self, ctx: &RequestContext, id: Uuid) -> Result<Option<users::Model>> {
-        let query = scope::find::<users::Entity>(ctx).filter(users::Column::Id.eq(id));
-        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        traced(
+            span!("orkestra.users.find_by_id", ctx, user.id = %id),
+            async move {
+                let query = scope::find::<users::Entity>(ctx).filter(users::Column::Id.eq(id));
+                tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+            },
+        )
+        .await
     }
 
     /// The user with this email (compared trimmed and lower-cased) in the context's tenant, if any.
@@ -127,9 +137,12 @@ impl<'a, C: Connection> UserRepository<'a, C> {
         ctx: &RequestContext,
         email: &str,
     ) -> Result<Option<users::Model>> {
-        let email = validate::email(email)?;
-        let query = scope::find::<users::Entity>(ctx).filter(users::Column::Email.eq(email));
-        tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        traced(span!("orkestra.users.find_by_email", ctx), async move {
+            let email = validate::email(email)?;
+            let query = scope::find::<users::Entity>(ctx).filter(users::Column::Email.eq(email));
+            tenant_read(self.db, ctx, async |txn| Ok(query.one(txn).await?)).await
+        })
+        .await
     }
 
     /// A page of the tenant's users matching `filter`, in creation order (ids are UUIDv7).
@@ -142,16 +155,19 @@ impl<'a, C: Connection> UserRepository<'a, C> {
         filter: &UserFilter,
         page: &PageRequest<Uuid>,
     ) -> Result<Page<users::Model, Uuid>> {
-        let mut query = scope::find::<users::Entity>(ctx);
-        if let Some(role) = &filter.role {
-            query = query.filter(users::Column::Role.eq(role.clone()));
-        }
-        if let Some(status) = &filter.status {
-            query = query.filter(users::Column::Status.eq(status.clone()));
-        }
-        let query = page::by_id(query, users::Column::Id, page)?;
-        let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
-        Ok(Page::from_rows(rows, page.limit, |user| user.id))
+        traced(span!("orkestra.users.list", ctx), async move {
+            let mut query = scope::find::<users::Entity>(ctx);
+            if let Some(role) = &filter.role {
+                query = query.filter(users::Column::Role.eq(role.clone()));
+            }
+            if let Some(status) = &filter.status {
+                query = query.filter(users::Column::Status.eq(status.clone()));
+            }
+            let query = page::by_id(query, users::Column::Id, page)?;
+            let rows = tenant_read(self.db, ctx, async |txn| Ok(query.all(txn).await?)).await?;
+            Ok(Page::from_rows(rows, page.limit, |user| user.id))
+        })
+        .await
     }
 
     /// Changes a user's name, role and/or preferences; returns the user as stored.
@@ -166,26 +182,33 @@ impl<'a, C: Connection> UserRepository<'a, C> {
         id: Uuid,
         update: UserUpdate,
     ) -> Result<users::Model> {
-        let mut statement = scope::update_many::<users::Entity>(ctx);
-        let mut changed = false;
-        if let Some(name) = &update.name {
-            let name = validate::text("name", name, validate::NAME_MAX)?;
-            statement = statement.col_expr(users::Column::Name, Expr::value(name));
-            changed = true;
-        }
-        if let Some(role) = update.role {
-            statement = statement.col_expr(users::Column::Role, Expr::value(role));
-            changed = true;
-        }
-        if let Some(preferences) = update.preferences {
-            validate::json_object("preferences", &preferences)?;
-            statement = statement.col_expr(users::Column::Preferences, Expr::value(preferences));
-            changed = true;
-        }
-        if !changed {
-            return Err(Error::validation("update", "names no field to change"));
-        }
-        self.write(ctx, statement, id).await
+        traced(
+            span!("orkestra.users.update", ctx, user.id = %id),
+            async move {
+                let mut statement = scope::update_many::<users::Entity>(ctx);
+                let mut changed = false;
+                if let Some(name) = &update.name {
+                    let name = validate::text("name", name, validate::NAME_MAX)?;
+                    statement = statement.col_expr(users::Column::Name, Expr::value(name));
+                    changed = true;
+                }
+                if let Some(role) = update.role {
+                    statement = statement.col_expr(users::Column::Role, Expr::value(role));
+                    changed = true;
+                }
+                if let Some(preferences) = update.preferences {
+                    validate::json_object("preferences", &preferences)?;
+                    statement =
+                        statement.col_expr(users::Column::Preferences, Expr::value(preferences));
+                    changed = true;
+                }
+                if !changed {
+                    return Err(Error::validation("update", "names no field to change"));
+                }
+                self.write(ctx, statement, id).await
+            },
+        )
+        .await
     }
 
     /// Marks a user inactive (they keep their history; assigners skip them). Idempotent.
@@ -193,7 +216,11 @@ impl<'a, C: Connection> UserRepository<'a, C> {
     /// # Errors
     /// [`Error::NotFound`]: no such user in the tenant; [`Error::Db`].
     pub async fn deactivate(&self, ctx: &RequestContext, id: Uuid) -> Result<users::Model> {
-        self.set_status(ctx, id, UserStatus::Inactive).await
+        traced(
+            span!("orkestra.users.deactivate", ctx, user.id = %id),
+            async move { self.set_status(ctx, id, UserStatus::Inactive).await },
+        )
+        .await
     }
 
     /// Marks a user active again. Idempotent.
@@ -201,7 +228,11 @@ impl<'a, C: Connection> UserRepository<'a, C> {
     /// # Errors
     /// [`Error::NotFound`]: no such user in the tenant; [`Error::Db`].
     pub async fn activate(&self, ctx: &RequestContext, id: Uuid) -> Result<users::Model> {
-        self.set_status(ctx, id, UserStatus::Active).await
+        traced(
+            span!("orkestra.users.activate", ctx, user.id = %id),
+            async move { self.set_status(ctx, id, UserStatus::Active).await },
+        )
+        .await
     }
 
     /// Records that the user was active now (`last_active_at`).
@@ -209,9 +240,15 @@ impl<'a, C: Connection> UserRepository<'a, C> {
     /// # Errors
     /// [`Error::NotFound`]: no such user in the tenant; [`Error::Db`].
     pub async fn record_activity(&self, ctx: &RequestContext, id: Uuid) -> Result<users::Model> {
-        let statement = scope::update_many::<users::Entity>(ctx)
-            .col_expr(users::Column::LastActiveAt, Expr::value(now()));
-        self.write(ctx, statement, id).await
+        traced(
+            span!("orkestra.users.record_activity", ctx, user.id = %id),
+            async move {
+                let statement = scope::update_many::<users::Entity>(ctx)
+                    .col_expr(users::Column::LastActiveAt, Expr::value(now()));
+                self.write(ctx, statement, id).await
+            },
+        )
+        .await
     }
 
     async fn set_status(

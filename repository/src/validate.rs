@@ -1,10 +1,24 @@
 //! Checks applied to every argument before anything is written, and the limits they enforce.
 //!
 //! Text is refused when it is empty or blank (where a value is required), longer than its limit (in
-//! characters), or holds a NUL byte (PostgreSQL cannot store one in `text`). JSON is refused when
-//! its arrays and objects nest deeper than [`JSON_DEPTH_MAX`], it serialises to more than
-//! [`JSON_BYTES_MAX`] bytes, or it holds a NUL character in a key or string (PostgreSQL's `jsonb`
-//! cannot store `\u0000`).
+//! characters), or holds a NUL byte (PostgreSQL cannot store one in `text`).
+//!
+//! Control and invisible characters:
+//! - Single-line text (names, titles, slugs, emails, ids, labels, trace ids) refuses every control
+//!   character (Unicode `Cc`: C0, DEL and C1, so tabs and line breaks too). A name holding an
+//!   escape sequence or a bell would reach terminals, logs and CSV exports as one.
+//! - Multi-line text (task and group descriptions, reasons, message contents) allows tab, line
+//!   feed and carriage return and refuses every other control character.
+//! - Zero-width and other invisible format characters (U+200B to U+200D, U+2060, U+FEFF, U+200E
+//!   and U+200F, the bidirectional embeddings and isolates) are stored as given: joiners are part of
+//!   emoji sequences and of the spelling of Persian and Indic scripts, and direction marks of
+//!   right-to-left text. But they are not content: a text made only of them and whitespace counts
+//!   as blank and is refused where a value is required.
+//! - JSON documents are the caller's data and keep every character but NUL.
+//!
+//! JSON is refused when its arrays and objects nest deeper than [`JSON_DEPTH_MAX`], it serialises
+//! to more than [`JSON_BYTES_MAX`] bytes, or it holds a NUL character in a key or string
+//! (PostgreSQL's `jsonb` cannot store `\u0000`).
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use serde_json::Value;
@@ -59,13 +73,56 @@ pub const INSTANT_MAX: DateTime<Utc> = DateTime::from_naive_utc_and_offset(
     Utc,
 );
 
-/// A required text: trimmed, non-empty, at most `max` characters, no NUL byte.
+/// A required single-line text: trimmed, not blank, at most `max` characters, no NUL byte or other
+/// control character.
 pub(crate) fn text(field: &'static str, value: &str, max: usize) -> Result<String> {
+    trimmed(field, value, max, Lines::One)
+}
+
+/// A required multi-line text (descriptions, reasons): as [`text`], but tabs and line breaks are
+/// kept.
+pub(crate) fn prose(field: &'static str, value: &str, max: usize) -> Result<String> {
+    trimmed(field, value, max, Lines::Many)
+}
+
+/// An optional multi-line text: `None` stays `None`; a value is checked as [`prose`].
+pub(crate) fn optional_prose(
+    field: &'static str,
+    value: Option<&str>,
+    max: usize,
+) -> Result<Option<String>> {
+    value.map(|value| prose(field, value, max)).transpose()
+}
+
+/// Which control characters a text may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lines {
+    /// None.
+    One,
+    /// Tab, line feed and carriage return.
+    Many,
+}
+
+fn trimmed(field: &'static str, value: &str, max: usize, lines: Lines) -> Result<String> {
     let value = value.trim();
-    if value.is_empty() {
+    if is_blank(value) {
         return Err(Error::validation(field, "must not be empty"));
     }
-    bounded(field, value, max)
+    bounded(field, value, max, lines)
+}
+
+/// Whether `value` holds nothing but whitespace and invisible format characters.
+fn is_blank(value: &str) -> bool {
+    value.chars().all(|c| c.is_whitespace() || is_invisible(c))
+}
+
+/// Format characters that draw nothing: zero-width space, non-joiner and joiner, word joiner, the
+/// byte order mark, direction marks, and bidirectional embeddings, overrides and isolates.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}'
+    )
 }
 
 /// An optional text: `None` stays `None`; a value is checked as [`text`].
@@ -77,17 +134,29 @@ pub(crate) fn optional_text(
     value.map(|value| text(field, value, max)).transpose()
 }
 
-/// Text stored exactly as given (message contents): non-empty, at most `max` characters, no NUL.
+/// Multi-line text stored exactly as given (message contents): not blank, at most `max` characters,
+/// no NUL byte or control character other than tab, line feed and carriage return.
 pub(crate) fn verbatim(field: &'static str, value: &str, max: usize) -> Result<String> {
-    if value.trim().is_empty() {
+    if is_blank(value) {
         return Err(Error::validation(field, "must not be empty"));
     }
-    bounded(field, value, max)
+    bounded(field, value, max, Lines::Many)
 }
 
-fn bounded(field: &'static str, value: &str, max: usize) -> Result<String> {
+fn bounded(field: &'static str, value: &str, max: usize, lines: Lines) -> Result<String> {
     if value.contains('\0') {
         return Err(Error::validation(field, "must not contain a NUL byte"));
+    }
+    let allowed = |c: char| lines == Lines::Many && matches!(c, '\t' | '\n' | '\r');
+    if let Some(c) = value.chars().find(|&c| c.is_control() && !allowed(c)) {
+        let what = match lines {
+            Lines::One => "must be one line without control characters",
+            Lines::Many => "must not contain control characters other than tab and line breaks",
+        };
+        return Err(Error::validation(
+            field,
+            format!("{what} (found U+{:04X})", u32::from(c)),
+        ));
     }
     let length = value.chars().count();
     if length > max {
@@ -122,7 +191,7 @@ pub(crate) fn slug(field: &'static str, value: &str) -> Result<String> {
 /// stored: lower-casing lengthens some characters, `İ` to `i̇`).
 pub(crate) fn email(value: &str) -> Result<String> {
     let value = text("email", value, EMAIL_MAX)?.to_lowercase();
-    let value = bounded("email", &value, EMAIL_MAX)?;
+    let value = bounded("email", &value, EMAIL_MAX, Lines::One)?;
     let shaped = match value.split_once('@') {
         Some((local, domain)) => {
             !local.is_empty()
@@ -227,6 +296,58 @@ mod tests {
         assert!(text("name", "a\0b", 10).is_err());
         assert!(text("name", &"é".repeat(10), 10).is_ok());
         assert!(text("name", &"é".repeat(11), 10).is_err());
+    }
+
+    #[test]
+    fn single_line_text_refuses_every_control_character() {
+        for bad in [
+            "a\tb",
+            "a\nb",
+            "a\rb",
+            "bell\u{7}",
+            "esc\u{1b}[31m",
+            "del\u{7f}",
+            "csi\u{9b}",
+        ] {
+            let error = text("name", bad, 100).expect_err(bad);
+            assert!(
+                error.to_string().contains("control characters"),
+                "{bad}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn multi_line_text_keeps_tabs_and_line_breaks_only() {
+        let kept = "line one\nline two\r\n\ttabbed";
+        assert_eq!(prose("description", kept, 100).ok().as_deref(), Some(kept));
+        assert_eq!(verbatim("content", kept, 100).ok().as_deref(), Some(kept));
+        for bad in [
+            "bell\u{7}",
+            "esc\u{1b}[31m",
+            "del\u{7f}",
+            "csi\u{9b}",
+            "vt\u{b}x",
+        ] {
+            assert!(prose("description", bad, 100).is_err(), "{bad}");
+            assert!(verbatim("content", bad, 100).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn invisible_characters_are_kept_but_are_not_content() {
+        let joined = "zero\u{200b}width\u{200d}joiner\u{feff}bom\u{2060} \u{202e}txet\u{202c}";
+        assert_eq!(text("name", joined, 100).ok().as_deref(), Some(joined));
+        for blank in [
+            "\u{200b}\u{200c}\u{200d}",
+            " \u{feff} ",
+            "\u{2060}\u{200e}\u{200f}\u{2066}",
+        ] {
+            let error = text("name", blank, 100).expect_err(blank);
+            assert!(error.to_string().contains("must not be empty"), "{error}");
+            assert!(verbatim("content", blank, 100).is_err());
+            assert!(prose("description", blank, 100).is_err());
+        }
     }
 
     #[test]

@@ -206,7 +206,7 @@ async fn seed(db: &TestDb, fresh_per_side: usize) -> anyhow::Result<Env> {
         let to_claim = fresh("ASSIGNED", "NULL").await?;
         let to_complete = fresh("CLAIMED", &format!("'{user}'")).await?;
         let ctx =
-            RequestContext::new(tenant, Actor::user(user))?.with_trace("bench", Some("1"))?;
+            RequestContext::new(tenant, Actor::user(user)?)?.with_trace("bench", Some("1"))?;
         env = Some(Env {
             ctx,
             tenant,

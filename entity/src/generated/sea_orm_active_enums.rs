@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
 #[sea_orm(rs_type = "Enum", db_type = "Enum", enum_name = "assignment_strategy")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum AssignmentStrategy {
     #[sea_orm(string_value = "ROUND_ROBIN")]
     RoundRobin,
@@ -15,6 +16,7 @@ pub enum AssignmentStrategy {
 }
 #[derive(Debug, Clone, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
 #[sea_orm(rs_type = "Enum", db_type = "Enum", enum_name = "conversation_status")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConversationStatus {
     #[sea_orm(string_value = "ACTIVE")]
     Active,
@@ -24,7 +26,17 @@ pub enum ConversationStatus {
     Archived,
 }
 #[derive(Debug, Clone, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
+#[sea_orm(rs_type = "Enum", db_type = "Enum", enum_name = "group_status")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum GroupStatus {
+    #[sea_orm(string_value = "ACTIVE")]
+    Active,
+    #[sea_orm(string_value = "ARCHIVED")]
+    Archived,
+}
+#[derive(Debug, Clone, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
 #[sea_orm(rs_type = "Enum", db_type = "Enum", enum_name = "task_status")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TaskStatus {
     #[sea_orm(string_value = "CREATED")]
     Created,
@@ -43,6 +55,7 @@ pub enum TaskStatus {
 }
 #[derive(Debug, Clone, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
 #[sea_orm(rs_type = "Enum", db_type = "Enum", enum_name = "tenant_status")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum TenantStatus {
     #[sea_orm(string_value = "ACTIVE")]
     Active,
@@ -53,6 +66,7 @@ pub enum TenantStatus {
 }
 #[derive(Debug, Clone, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
 #[sea_orm(rs_type = "Enum", db_type = "Enum", enum_name = "user_role")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UserRole {
     #[sea_orm(string_value = "ADMIN")]
     Admin,
@@ -61,6 +75,7 @@ pub enum UserRole {
 }
 #[derive(Debug, Clone, PartialEq, Eq, EnumIter, DeriveActiveEnum, Serialize, Deserialize)]
 #[sea_orm(rs_type = "Enum", db_type = "Enum", enum_name = "user_status")]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum UserStatus {
     #[sea_orm(string_value = "ACTIVE")]
     Active,
