@@ -1948,6 +1948,19 @@ async fn hostile_input_groups() -> anyhow::Result<()> {
             .await)),
     );
     table.add(
+        "TaskRepository::escalate: to an archived group",
+        "archived group",
+        Expect::State("group"),
+        call!(|env| out(TaskRepository::new(&env.app)
+            .escalate(
+                &env.ctx,
+                env.me.task,
+                Some(AssignTo::group(env.me.group)),
+                None
+            )
+            .await)),
+    );
+    table.add(
         "TaskRepository::find_pending_for_user: a member of an archived group",
         "archived group",
         Expect::Nothing,

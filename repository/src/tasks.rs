@@ -920,6 +920,7 @@ impl<'a, C: Connection> TaskRepository<'a, C> {
     /// - [`Error::Validation`]: an assignment naming nobody, a reason over the JSON limits;
     /// - [`Error::NotFound`]; [`Error::InvalidTransition`] when the task is final;
     /// - [`Error::Reference`] ([`ASSIGNEE_FKEY`], [`GROUP_FKEY`]): `to` is not the tenant's;
+    /// - [`Error::InvalidState`] (entity `"group"`): `to` names an archived group;
     /// - [`Error::Db`].
     pub async fn escalate(
         &self,
