@@ -16,7 +16,7 @@
 
 use sea_orm_migration::prelude::*;
 
-use crate::common::{GROUP_STATUS, execute_on_postgres, timestamptz_null};
+use crate::common::{GROUP_STATUS, citus_installed, execute_on_postgres, timestamptz_null};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -35,6 +35,7 @@ const ARCHIVED_AT_CHECK: &str = "groups_archived_at_check";
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let backend = manager.get_database_backend();
+        one_shard_at_a_time(manager).await?;
         GROUP_STATUS.create(manager).await?;
         execute_on_postgres(manager, GROUP_STATUS.text_cast().into()).await?;
         // One column per statement: SQLite adds one at a time.
@@ -65,6 +66,7 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        one_shard_at_a_time(manager).await?;
         execute_on_postgres(
             manager,
             vec![format!(
@@ -85,4 +87,15 @@ impl MigrationTrait for Migration {
         execute_on_postgres(manager, GROUP_STATUS.drop_text_cast().into()).await?;
         GROUP_STATUS.drop(manager).await
     }
+}
+
+/// On Citus, makes this migration's transaction change the shards of `groups` one connection at a
+/// time: Citus refuses type and function commands (the cast, its function, the type) in a
+/// transaction that has already changed a distributed table over parallel connections.
+async fn one_shard_at_a_time(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
+    if citus_installed(manager).await? {
+        let sequential = "SET LOCAL citus.multi_shard_modify_mode TO 'sequential'";
+        execute_on_postgres(manager, vec![sequential.to_owned()]).await?;
+    }
+    Ok(())
 }
