@@ -96,20 +96,26 @@ fn only<'a>(spans: &'a [Captured], name: &str) -> &'a Captured {
     found[0]
 }
 
-#[tokio::test]
-async fn every_call_runs_in_a_span_with_its_ids_and_its_statements_as_children()
--> anyhow::Result<()> {
+/// A migrated database with a tenant and one user: the database, the tenant's id and the user's.
+async fn with_user() -> anyhow::Result<(TestDb, uuid::Uuid, uuid::Uuid)> {
     let db = TestDb::migrated().await?;
-    let (conn, app) = (db.conn(), db.app_conn());
-    let tenant = TenantRepository::new(conn)
+    let tenant = TenantRepository::new(db.conn())
         .create(NewTenant::new("Acme", "acme"))
         .await?
         .id;
-    let ctx = ctx(tenant);
-    let ada = UserRepository::new(conn)
-        .create(&ctx, NewUser::new("ada@example.com", "Ada"))
+    let ada = UserRepository::new(db.conn())
+        .create(&ctx(tenant), NewUser::new("ada@example.com", "Ada"))
         .await?
         .id;
+    Ok((db, tenant, ada))
+}
+
+#[tokio::test]
+async fn every_call_runs_in_a_span_with_its_ids_and_its_statements_as_children()
+-> anyhow::Result<()> {
+    let (db, tenant, ada) = with_user().await?;
+    let (conn, app) = (db.conn(), db.app_conn());
+    let ctx = ctx(tenant);
     let group = GroupRepository::new(conn)
         .create(&ctx, NewGroup::new("Reviewers", "reviewers"))
         .await?
@@ -189,17 +195,9 @@ async fn every_call_runs_in_a_span_with_its_ids_and_its_statements_as_children()
 
 #[tokio::test]
 async fn a_failed_call_records_the_errors_variant() -> anyhow::Result<()> {
-    let db = TestDb::migrated().await?;
+    let (db, tenant, ada) = with_user().await?;
     let conn = db.conn();
-    let tenant = TenantRepository::new(conn)
-        .create(NewTenant::new("Acme", "acme"))
-        .await?
-        .id;
     let ctx = ctx(tenant);
-    let ada = UserRepository::new(conn)
-        .create(&ctx, NewUser::new("ada@example.com", "Ada"))
-        .await?
-        .id;
     let task = TaskRepository::new(conn)
         .create(
             &ctx,
