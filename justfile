@@ -12,6 +12,9 @@ sea_orm_cli_version := "2.0.4"
 # "ROUND_ROBIN"), as the seed's Prisma client hands them to a REST layer.
 entity_flags := "--lib --with-serde both --date-time-crate chrono --entity-format compact --model-extra-attributes 'serde(rename_all = \"camelCase\")' --enum-extra-attributes 'serde(rename_all = \"SCREAMING_SNAKE_CASE\")'"
 entity_dir := "entity/src/generated"
+# squawk (PyPI: squawk-cli), the migration linter CI runs, and the PostgreSQL version it lints for.
+squawk_version := "2.70.0"
+squawk_pg_version := "15"
 
 # List the recipes
 default:
@@ -152,6 +155,30 @@ lint:
 # Build the documentation of the three crates (no dependencies), warnings as errors
 doc:
     RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p orkestra-entity -p orkestra-migration -p orkestra-repository
+
+# Lint the SQL each migration sends to PostgreSQL with squawk, at the version pinned here (installed
+# from PyPI when another is found): migration-sql captures it on a scratch database of DATABASE_URL's
+# server. Exceptions, per migration, live in migration/squawk-exceptions.txt. Also proves the lint
+# bites: a blocking index build on a live table must fail it.
+[doc("Lint every migration's PostgreSQL SQL with squawk (pinned; needs DATABASE_URL's server)")]
+lint-migrations:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if ! squawk --version 2>/dev/null | grep -qx 'squawk {{squawk_version}}'; then
+        python3 -m pip install --quiet --disable-pip-version-check 'squawk-cli=={{squawk_version}}'
+    fi
+    squawk --version
+    out=$(mktemp -d)
+    trap 'rm -rf "$out"' EXIT
+    cargo run -q -p orkestra-tests --bin migration-sql -- "$out/sql"
+    squawk --pg-version {{squawk_pg_version}} "$out"/sql/*.sql
+    printf '%s\n' 'BEGIN;' "SET LOCAL lock_timeout = '5s';" "SET LOCAL statement_timeout = '1min';" \
+        'CREATE INDEX tasks_probe_idx ON tasks (tenant_id, created_at);' 'COMMIT;' > "$out/probe.sql"
+    if squawk --pg-version {{squawk_pg_version}} "$out/probe.sql" > /dev/null; then
+        echo "error: squawk passed a blocking index build on a live table" >&2
+        exit 1
+    fi
+    echo "squawk refuses a blocking index build on a live table, as it should"
 
 # Clippy on the tests compiled only for a Citus cluster (tests/citus.rs): the build script needs a
 # postgres:// URL and ORKESTRA_CITUS to compile them in; nothing connects

@@ -918,9 +918,9 @@ async fn migration_14_distributes_only_what_is_not_yet_distributed() -> anyhow::
     )
     .await?;
     assert!(distribution(&db).await?.iter().all(|(_, d)| d.is_none()));
-    // Down to 13: migration 16 (groups' lifecycle), 15 (the binding function), then 14, which
-    // finds nothing to undo.
-    Migrator::down(db.conn(), Some(3)).await?;
+    // Down to 13: migration 17 (task page indexes), 16 (groups' lifecycle), 15 (the binding
+    // function), then 14, which finds nothing to undo.
+    Migrator::down(db.conn(), Some(4)).await?;
     assert!(distribution(&db).await?.iter().all(|(_, d)| d.is_none()));
 
     // Some tables distributed by hand already: `up` distributes the rest, alike.

@@ -265,8 +265,8 @@ const INDEXES: &[(&str, &[&str], bool)] = &[
         false,
     ),
     (
-        "tasks_tenant_id_conversation_id_idx",
-        &["tenant_id", "conversation_id"],
+        "tasks_tenant_id_conversation_id_id_idx",
+        &["tenant_id", "conversation_id", "id"],
         false,
     ),
     (
@@ -280,8 +280,8 @@ const INDEXES: &[(&str, &[&str], bool)] = &[
         false,
     ),
     (
-        "tasks_tenant_id_workflow_id_workflow_run_id_idx",
-        &["tenant_id", "workflow_id", "workflow_run_id"],
+        "tasks_tenant_id_workflow_id_workflow_run_id_id_idx",
+        &["tenant_id", "workflow_id", "workflow_run_id", "id"],
         false,
     ),
     ("tenants_slug_key", &["slug"], true),

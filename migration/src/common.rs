@@ -400,20 +400,9 @@ where
     named_index(table, tenant_led(columns), false)
 }
 
-/// Drops the index [`tenant_index`] creates for the same table and columns.
-pub(crate) async fn drop_tenant_index<T, C>(
-    manager: &SchemaManager<'_>,
-    table: T,
-    columns: &[C],
-) -> Result<(), DbErr>
-where
-    T: Iden + Copy + 'static,
-    C: Iden,
-{
-    let name = object_name(&table.to_string(), &tenant_led(columns), "idx");
-    manager
-        .drop_index(Index::drop().name(name).table(table).to_owned())
-        .await
+/// The name of the index [`tenant_index`] creates for the same table and columns.
+pub(crate) fn tenant_index_name<T: Iden, C: Iden>(table: T, columns: &[C]) -> String {
+    object_name(&table.to_string(), &tenant_led(columns), "idx")
 }
 
 /// A unique index on `(tenant_id, columns...)`, named `<table>_tenant_id_<columns>_key` (the seed's

@@ -17,6 +17,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod common;
+mod concurrently;
 mod m20261125_000001_create_tenants;
 mod m20261125_000002_create_users_and_groups;
 mod m20261125_000003_create_conversations;
@@ -33,16 +34,22 @@ mod m20261201_000013_policies_for_citus;
 mod m20261201_000014_distribute_on_citus;
 mod m20261206_000015_bind_tenant_function;
 mod m20261206_000016_group_lifecycle;
+mod m20261206_000017_task_page_indexes;
+pub mod timeouts;
 
 pub use m20261125_000008_row_level_security::{APP_ROLE, SYSTEM_ROLE};
+pub use timeouts::Timeouts;
 
 /// The ordered list of Orkestra migrations.
+///
+/// On PostgreSQL every migration runs under the [`Timeouts`] (`lock_timeout`,
+/// `statement_timeout`) the environment gives, or their defaults: see [`timeouts`].
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![
+        let migrations: Vec<Box<dyn MigrationTrait>> = vec![
             Box::new(m20261125_000001_create_tenants::Migration),
             Box::new(m20261125_000002_create_users_and_groups::Migration),
             Box::new(m20261125_000003_create_conversations::Migration),
@@ -59,6 +66,11 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000014_distribute_on_citus::Migration),
             Box::new(m20261206_000015_bind_tenant_function::Migration),
             Box::new(m20261206_000016_group_lifecycle::Migration),
-        ]
+            Box::new(m20261206_000017_task_page_indexes::Migration),
+        ];
+        migrations
+            .into_iter()
+            .map(|migration| Box::new(timeouts::Bounded(migration)) as Box<dyn MigrationTrait>)
+            .collect()
     }
 }

@@ -11,10 +11,13 @@
 //! condition only when its operator is leakproof, and enum equality is not. For the application
 //! role `status = ...` is therefore always a filter, never an index bound, and the planner does not
 //! see the column's statistics either; an index can only help such a query by its order.
+//!
+//! The table is in use when this runs, so its indexes are built and dropped concurrently, outside
+//! a transaction, and a rerun finishes what a failed run left (`crate::concurrently`).
 
 use sea_orm_migration::prelude::*;
 
-use crate::common::{drop_tenant_index, tenant_index};
+use crate::concurrently;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -29,16 +32,26 @@ enum Tasks {
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_index(tenant_index(Tasks::Table, &[Tasks::Status, Tasks::Id]))
-            .await?;
-        drop_tenant_index(manager, Tasks::Table, &[Tasks::Status]).await
+        concurrently::replace_tenant_index(
+            manager,
+            Tasks::Table,
+            &[Tasks::Status, Tasks::Id],
+            &[Tasks::Status],
+        )
+        .await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        manager
-            .create_index(tenant_index(Tasks::Table, &[Tasks::Status]))
-            .await?;
-        drop_tenant_index(manager, Tasks::Table, &[Tasks::Status, Tasks::Id]).await
+        concurrently::replace_tenant_index(
+            manager,
+            Tasks::Table,
+            &[Tasks::Status],
+            &[Tasks::Status, Tasks::Id],
+        )
+        .await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
     }
 }

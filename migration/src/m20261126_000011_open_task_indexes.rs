@@ -16,8 +16,13 @@
 //!
 //! The labels must be the repository's `PENDING` and `TaskStatus::OPEN` (the schema test checks).
 //! Both backends: SQLite has partial indexes too.
+//!
+//! The table is in use when this runs, so its indexes are built and dropped concurrently, outside
+//! a transaction, and a rerun finishes what a failed run left (`crate::concurrently`).
 
 use sea_orm_migration::prelude::*;
+
+use crate::concurrently;
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -60,6 +65,7 @@ const INDEXES: [(&str, &[Tasks], &[&str]); 3] = [
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let mut indexes = Vec::new();
         for (name, columns, statuses) in INDEXES {
             let mut index = Index::create();
             index.name(name).table(Tasks::Table).col(Tasks::TenantId);
@@ -69,17 +75,17 @@ impl MigrationTrait for Migration {
             // Literals, not parameters: DDL has none, and the predicate must read like the
             // queries' own `IN` lists for the planner to match them.
             index.and_where(Expr::col(Tasks::Status).is_in(statuses.iter().map(|s| Expr::val(*s))));
-            manager.create_index(index).await?;
+            indexes.push(index);
         }
-        Ok(())
+        concurrently::create_indexes(manager, indexes).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        for (name, _, _) in INDEXES.iter().rev() {
-            manager
-                .drop_index(Index::drop().name(*name).table(Tasks::Table).to_owned())
-                .await?;
-        }
-        Ok(())
+        let names: Vec<&str> = INDEXES.iter().rev().map(|(name, _, _)| *name).collect();
+        concurrently::drop_indexes(manager, Tasks::Table, &names).await
+    }
+
+    fn use_transaction(&self) -> Option<bool> {
+        Some(false)
     }
 }

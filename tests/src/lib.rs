@@ -260,3 +260,20 @@ impl TestDb {
         self.citus_turn.is_some()
     }
 }
+
+/// Writes a line of a test's figures (counts, timings) where a passing test's output shows: straight
+/// to the process's standard error, which libtest's output capture (of `print!` and `eprint!`)
+/// does not hold back. CI's log then carries the figures of every run, not only of failed ones.
+pub fn report(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    // A log line that cannot be written is no reason to fail a test.
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
+/// [`report`] with `format!`'s arguments.
+#[macro_export]
+macro_rules! report {
+    ($($arg:tt)*) => {
+        $crate::report(format_args!($($arg)*))
+    };
+}
