@@ -33,7 +33,6 @@ use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::future::Future;
-use std::hash::{BuildHasher, Hasher};
 use std::pin::Pin;
 use std::task::Poll;
 use std::time::Instant;
@@ -2811,32 +2810,7 @@ async fn run_case(db: &TestDb, steps: &[Step], stats: &RefCell<Stats>) -> Result
 // The runner: fixed cases, a printed and replayable seed, no persistence files.
 
 fn seed() -> u64 {
-    match std::env::var("ORKESTRA_PROPTEST_SEED") {
-        Ok(text) if !text.trim().is_empty() => {
-            let text = text.trim();
-            let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
-                Some(hex) => u64::from_str_radix(hex, 16).ok(),
-                None => text
-                    .parse()
-                    .ok()
-                    .or_else(|| u64::from_str_radix(text, 16).ok()),
-            };
-            parsed.unwrap_or_else(|| {
-                panic!("ORKESTRA_PROPTEST_SEED={text:?} is neither a hex (0x...) nor a decimal u64")
-            })
-        }
-        _ => {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos())
-                    .unwrap_or_default(),
-            );
-            hasher.write_u32(std::process::id());
-            hasher.finish()
-        }
-    }
+    orkestra_tests::seed_from_env("ORKESTRA_PROPTEST_SEED")
 }
 
 fn cases() -> u32 {

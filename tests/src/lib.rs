@@ -277,3 +277,39 @@ macro_rules! report {
         $crate::report(format_args!($($arg)*))
     };
 }
+
+/// The seed a randomised test runs with: the environment variable `var` (hex, with or without
+/// `0x`, or decimal), else a fresh one, so every run explores another case and any run can be
+/// replayed from the seed it prints.
+///
+/// # Panics
+/// When `var` is set to something that is not a `u64`: a typo must not silently run another seed.
+pub fn seed_from_env(var: &str) -> u64 {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    match std::env::var(var) {
+        Ok(text) if !text.trim().is_empty() => {
+            let text = text.trim();
+            let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+                Some(hex) => u64::from_str_radix(hex, 16).ok(),
+                None => text
+                    .parse()
+                    .ok()
+                    .or_else(|| u64::from_str_radix(text, 16).ok()),
+            };
+            parsed.unwrap_or_else(|| {
+                panic!("{var}={text:?} is neither a hex (0x...) nor a decimal u64")
+            })
+        }
+        _ => {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or_default(),
+            );
+            hasher.write_u32(std::process::id());
+            hasher.finish()
+        }
+    }
+}
