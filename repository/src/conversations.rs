@@ -266,6 +266,9 @@ impl<'a, C: Connection> ConversationRepository<'a, C> {
     /// Runs in one transaction (a savepoint inside a caller's): the guarded update of the
     /// conversation comes first, so a conversation that is not active, or not the tenant's,
     /// gets no message, and concurrent appends to one conversation on PostgreSQL take their turn.
+    /// The conversation's new `updated_at` is therefore the time of that update, slightly before
+    /// the message's `created_at` (taken once the update holds the row): page the messages, not
+    /// `updated_at`, to find the newest one.
     ///
     /// # Errors
     /// - [`Error::Validation`]: an empty, blank, over-long or NUL-holding role; empty, blank,
