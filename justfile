@@ -58,6 +58,56 @@ test *args:
 test-pg *args:
     ORKESTRA_PG_RESTART="${ORKESTRA_PG_RESTART:-docker compose restart postgres}" cargo test --workspace {{args}}
 
+# The quickstart and the suites a service relies on, through PgBouncer in transaction mode
+# (.ci/pgbouncer: Debian's pgbouncer, installed if missing, started if down and then stopped
+# again): the quickstart as orkestra_app / orkestra_system logins on a scratch database migrated
+# directly, then rls, isolation, tasks, conversations, faults (all but the server restart) and
+# pooler, with every pool of every test through the pooler (ORKESTRA_POOLER_URL); databases are
+# created, migrated and dropped directly on DATABASE_URL's server
+[doc("The quickstart and the services' suites through PgBouncer in transaction mode")]
+test-pgbouncer *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    started=$(date +%s)
+    was_up=0
+    if .ci/pgbouncer status > /dev/null 2>&1; then was_up=1; fi
+    pooler=$(.ci/pgbouncer up | tail -n 1)
+    url=$(cargo run -q -p orkestra-tests --bin scratch-db -- create --pid $$)
+    log=$(mktemp)
+    cleanup() {
+        cargo run -q -p orkestra-tests --bin scratch-db -- drop "$url" || true
+        rm -f "$log"
+        if [ "$was_up" = 0 ]; then .ci/pgbouncer down || true; fi
+    }
+    trap cleanup EXIT
+    # The scratch database through the pooler as login $1 (password: its name), no statement cache.
+    hostport=${pooler#*@}; hostport=${hostport%%/*}
+    through() { echo "postgres://$1:$1@${hostport}/${url##*/}?statement-cache-capacity=0"; }
+    echo "== quickstart as the owner, directly: it migrates (migrations never go through the pooler)"
+    DATABASE_URL="$url" cargo run -q --example quickstart > /dev/null
+    for role in orkestra_test_app:orkestra_app orkestra_test_system:orkestra_system; do
+        psql "$url" -v ON_ERROR_STOP=1 -q -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${role%%:*}') THEN CREATE ROLE ${role%%:*} LOGIN PASSWORD '${role%%:*}' IN ROLE ${role#*:}; END IF; END \$\$"
+    done
+    echo "== quickstart through PgBouncer (${hostport}) as orkestra_test_app, tenants on orkestra_test_system"
+    DATABASE_URL="$(through orkestra_test_app)" SYSTEM_DATABASE_URL="$(through orkestra_test_system)" \
+        cargo run -q --example quickstart
+    echo "== the suites through PgBouncer (ORKESTRA_POOLER_URL=${pooler})"
+    status=0
+    ORKESTRA_POOLER_URL="$pooler" cargo test -p orkestra-tests --test rls --test isolation \
+        --test tasks --test conversations --test faults --test pooler {{args}} \
+        -- --skip the_repository_recovers_from_a_server_restart_between_calls 2>&1 | tee "$log" || status=$?
+    echo "== per suite, through PgBouncer"
+    awk '/^ *Running [a-z_]+\.rs/ { suite = $2 }
+        /^test result:/ { printf "  %-18s %s passed, %s failed, %s ignored, %s filtered out\n", suite, $4, $6, $8, $12 }' "$log"
+    summary=$(.ci/summarize "PostgreSQL through PgBouncer" "$log") || status=1
+    echo "$summary"
+    if ! grep -q ' 0 ignored' <<< "$summary"; then
+        echo "error: tests were ignored through PgBouncer; every selected test must run" >&2
+        status=1
+    fi
+    echo "test-pgbouncer took $(( $(date +%s) - started )) s"
+    exit "$status"
+
 # The Citus cluster of the optional docker-compose profile (coordinator on localhost:5433)
 [doc("Start a Citus coordinator and worker from docker-compose.yml (profile citus)")]
 citus-db-up:

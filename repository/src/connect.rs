@@ -9,6 +9,7 @@ use sea_orm::{
 };
 
 use crate::error::{Error, Result};
+use crate::tx::transaction;
 
 /// How to open the database. [`DbConfig::new`] gives production defaults; change fields as needed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,8 +36,30 @@ pub struct DbConfig {
     /// through `tracing` at `DEBUG`.
     pub slow_statement: Duration,
     /// Apply pending migrations after connecting (default `false`: operators migrate with
-    /// `sea-orm-cli migrate up`).
+    /// `sea-orm-cli migrate up`). Not through a transaction pooler: migrations run statements
+    /// outside transactions (see [`statement_cache_capacity`](Self::statement_cache_capacity)).
     pub migrate: bool,
+    /// How many prepared statements each PostgreSQL connection keeps for reuse (`None`, the
+    /// default: the URL's `statement-cache-capacity` parameter, else sqlx's 100).
+    ///
+    /// Connected to PostgreSQL itself (or through a pooler in session mode), keep the cache: a
+    /// statement is prepared once per connection and then costs one round trip per call.
+    ///
+    /// Through a pooler in transaction mode that does not track protocol-level prepared statements
+    /// (PgBouncer before 1.21, or later ones with `max_prepared_statements = 0`), set `Some(0)`
+    /// ([`behind_transaction_pooler`](Self::behind_transaction_pooler)): there consecutive
+    /// transactions of one client connection run on different server connections, and a cached
+    /// statement is missing on the next one (`prepared statement "sqlx_s_1" does not exist`) or,
+    /// worse, names another client's statement there. With the cache off, sqlx still prepares each
+    /// statement under a name it never closes (sqlx 0.9), so the pooler must deallocate them when
+    /// each transaction ends (PgBouncer: `server_reset_query = DEALLOCATE ALL` and
+    /// `server_reset_query_always = 1`; README, "Transaction poolers"), and every statement must
+    /// run inside a transaction, as every repository call does: outside one, the statement is
+    /// prepared and executed in two exchanges, which the pooler may route to different servers.
+    /// Each statement then costs two round trips (prepare, execute) instead of one. Directly on
+    /// PostgreSQL, `Some(0)` would leave every statement prepared on the server until its
+    /// connection closes.
+    pub statement_cache_capacity: Option<usize>,
 }
 
 impl DbConfig {
@@ -52,12 +75,22 @@ impl DbConfig {
             max_lifetime: Duration::from_secs(1800),
             slow_statement: Duration::from_secs(1),
             migrate: false,
+            statement_cache_capacity: None,
         }
     }
 
     /// The same configuration, migrating on connect.
     pub fn migrating(mut self) -> DbConfig {
         self.migrate = true;
+        self
+    }
+
+    /// The same configuration for a connection through a pooler in transaction mode, such as
+    /// PgBouncer 1.18 (`pool_mode = transaction`): no statement cache (see
+    /// [`statement_cache_capacity`](Self::statement_cache_capacity) for why, and what the pooler
+    /// must then do).
+    pub fn behind_transaction_pooler(mut self) -> DbConfig {
+        self.statement_cache_capacity = Some(0);
         self
     }
 
@@ -83,6 +116,9 @@ impl DbConfig {
             .sqlx_logging(true)
             .sqlx_logging_level(log::LevelFilter::Debug)
             .sqlx_slow_statements_logging_settings(log::LevelFilter::Warn, self.slow_statement);
+        if let Some(capacity) = self.statement_cache_capacity {
+            options.map_sqlx_postgres_opts(move |pg| pg.statement_cache_capacity(capacity));
+        }
         if self.is_sqlite_memory() {
             // Each connection to an in-memory database opens a database of its own, and the
             // database disappears with its last connection: one connection, kept for good.
@@ -149,13 +185,19 @@ async fn check_citus(db: &DatabaseConnection) -> Result<()> {
     if db.get_database_backend() != DbBackend::Postgres {
         return Ok(());
     }
-    let row = db
-        .query_one_raw(Statement::from_string(
-            DbBackend::Postgres,
-            "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') AS citus, \
-                 current_setting('citus.propagate_set_commands', true) AS propagate",
-        ))
-        .await?;
+    // In a transaction, like every statement of the crate: behind a transaction pooler, a
+    // statement sent on the pool by itself is prepared and executed in two exchanges, which the
+    // pooler may route to two server connections (DbConfig::statement_cache_capacity).
+    let row = transaction(db, async |txn| {
+        Ok(txn
+            .query_one_raw(Statement::from_string(
+                DbBackend::Postgres,
+                "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'citus') AS citus, \
+                     current_setting('citus.propagate_set_commands', true) AS propagate",
+            ))
+            .await?)
+    })
+    .await?;
     let Some(row) = row else {
         return Ok(());
     };

@@ -8,6 +8,11 @@
 //!   passed or panicked. Each process leaves its template behind (tests have no hook at process
 //!   exit); the next run drops what exited processes left (see [`pg::sweep`]).
 //!
+//! - `postgres://...` with `ORKESTRA_POOLER_URL` (a PgBouncer in transaction mode, `.ci/pgbouncer
+//!   up`): the same databases, made and dropped directly, but every pool of a test (the owner's,
+//!   the application and system logins', and those a test opens from [`TestDb::url`]) reaches
+//!   its database through the pooler, with the statement cache off (see [`pg::through_pooler`]).
+//!
 //! - `postgres://...` with `ORKESTRA_CITUS=1`: the coordinator of a Citus cluster, where a database
 //!   cannot be copied from a template (every node would need the copy, and Citus's metadata with
 //!   it). Every test uses the one database the URL names, migrated in place, and runs alone (see
@@ -141,7 +146,8 @@ impl TestDb {
             Backend::Postgres { admin_url } => {
                 let template = pg::template(&admin_url).await?;
                 let owned = pg::OwnedDatabase::create(&admin_url, Some(&template)).await?;
-                Self::postgres(owned.url().to_owned(), Some(owned), None).await
+                let url = Self::reached(&admin_url, owned.url())?;
+                Self::postgres(url, Some(owned), None).await
             }
             Backend::Citus { url } => {
                 let turn = citus::Turn::migrated(&url).await?;
@@ -159,7 +165,8 @@ impl TestDb {
             Backend::Sqlite => Self::sqlite().await,
             Backend::Postgres { admin_url } => {
                 let owned = pg::OwnedDatabase::create(&admin_url, None).await?;
-                Self::postgres(owned.url().to_owned(), Some(owned), None).await
+                let url = Self::reached(&admin_url, owned.url())?;
+                Self::postgres(url, Some(owned), None).await
             }
             Backend::Citus { url } => {
                 let turn = citus::Turn::empty(&url).await?;
@@ -180,6 +187,17 @@ impl TestDb {
             "this test needs PostgreSQL: set DATABASE_URL=postgres://..."
         );
         Self::migrated().await
+    }
+
+    /// The URL the test's pools use for its database `url`: through the transaction pooler of
+    /// [`pg::POOLER_ENV`] when one is set, else `url` itself.
+    fn reached(admin_url: &str, url: &str) -> anyhow::Result<String> {
+        let pooler = pg::pooler();
+        pg::announce_path(admin_url, pooler.as_deref());
+        match pooler {
+            Some(pooler) => pg::through_pooler(url, &pooler),
+            None => Ok(url.to_owned()),
+        }
     }
 
     async fn sqlite() -> anyhow::Result<TestDb> {
@@ -250,7 +268,8 @@ impl TestDb {
     }
 
     /// The URL of this test's database on PostgreSQL (`None` on in-memory SQLite, which only this
-    /// process's pool can reach).
+    /// process's pool can reach): through the transaction pooler when [`pg::POOLER_ENV`] names
+    /// one, with the statement cache off in its parameters.
     pub fn url(&self) -> Option<&str> {
         self.url.as_deref()
     }

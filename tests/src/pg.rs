@@ -46,6 +46,86 @@ pub fn url_for(admin_url: &str, name: &str) -> anyhow::Result<String> {
     Ok(url.to_string())
 }
 
+/// The environment variable naming a transaction pooler (PgBouncer in transaction mode, as
+/// `.ci/pgbouncer up` starts one) that every connection of a [`TestDb`](crate::TestDb) goes
+/// through, e.g. `postgres://postgres@127.0.0.1:6432`. Databases are still created, copied and
+/// dropped directly on `DATABASE_URL`'s server, and the template migrated there: a transaction
+/// pooler serves only statements inside transactions (README, "Transaction poolers").
+pub const POOLER_ENV: &str = "ORKESTRA_POOLER_URL";
+
+/// The pooler of [`POOLER_ENV`], when set (and not empty).
+pub fn pooler() -> Option<String> {
+    std::env::var(POOLER_ENV)
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+}
+
+/// `url` as reached through the pooler at `pooler`: the pooler's host and port (and its user and
+/// password, when it names them and `url` does not), `url`'s user, password and database, and no
+/// statement cache (`statement-cache-capacity=0`, what `DbConfig::behind_transaction_pooler`
+/// sets). The setting travels in the URL so that every pool opened from it gets it: the
+/// harness's, and those tests open themselves from [`TestDb::url`](crate::TestDb::url) (with
+/// `DbConfig::new`, or sea-orm's own options).
+///
+/// # Errors
+/// When either is not a URL.
+pub fn through_pooler(url: &str, pooler: &str) -> anyhow::Result<String> {
+    let mut through =
+        url::Url::parse(url).with_context(|| format!("not a URL: {}", redact(url)))?;
+    let pooler = url::Url::parse(pooler)
+        .with_context(|| format!("{POOLER_ENV} is not a URL: {}", redact(pooler)))?;
+    let host = pooler
+        .host_str()
+        .with_context(|| format!("{POOLER_ENV} names no host: {}", redact(pooler.as_str())))?;
+    through
+        .set_host(Some(host))
+        .with_context(|| format!("cannot set host {host}"))?;
+    through
+        .set_port(Some(pooler.port().unwrap_or(6432)))
+        .map_err(|()| anyhow::anyhow!("cannot set a port in {}", redact(url)))?;
+    if through.username().is_empty() && !pooler.username().is_empty() {
+        through
+            .set_username(pooler.username())
+            .and_then(|()| through.set_password(pooler.password()))
+            .map_err(|()| anyhow::anyhow!("cannot set a user in {}", redact(url)))?;
+    }
+    let kept: Vec<(String, String)> = through
+        .query_pairs()
+        .filter(|(key, _)| key != "statement-cache-capacity")
+        .map(|(key, value)| (key.into_owned(), value.into_owned()))
+        .collect();
+    through
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("statement-cache-capacity", "0");
+    Ok(through.to_string())
+}
+
+/// Says once per test process which way the tests reach PostgreSQL: straight to the process's
+/// standard error, which libtest's capture (of `print!` and `eprint!`) does not hold back, so a
+/// passing run's log shows it too.
+pub(crate) fn announce_path(admin_url: &str, pooler: Option<&str>) {
+    use std::io::Write as _;
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let line = match pooler {
+            Some(pooler) => format!(
+                "orkestra-tests: PostgreSQL through the transaction pooler at {} (statement \
+                 cache off); databases created and dropped directly at {}",
+                redact(pooler),
+                redact(admin_url)
+            ),
+            None => format!(
+                "orkestra-tests: PostgreSQL directly at {}",
+                redact(admin_url)
+            ),
+        };
+        // A line that cannot be written is no reason to fail a test.
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    });
+}
+
 /// A short, stable tag for this machine, so that the sweeper only drops databases made here.
 fn host_tag() -> String {
     let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
