@@ -224,6 +224,12 @@ impl Load {
               and migrate down and up; migration 17 itself runs on Citus in tests/migrations.rs"
 )]
 async fn indexes_are_built_on_a_live_table_without_blocking_writers() -> anyhow::Result<()> {
+    // Phase 1 relies on the default lock timeout to end the wait it provokes.
+    assert!(
+        std::env::var_os(orkestra_migration::timeouts::LOCK_TIMEOUT_VAR).is_none(),
+        "unset {} for this test: it measures the default",
+        orkestra_migration::timeouts::LOCK_TIMEOUT_VAR
+    );
     let db = TestDb::postgres_only().await?;
     let owner = db.conn();
     let seeded = scale::seed(owner, SCALE, |_, _| {}).await?;

@@ -12,8 +12,17 @@
 //!
 //! The statements run on one connection of their own, taken from the pool, with the migration
 //! [`Timeouts`] set on its session: the pool could otherwise hand each statement another connection.
-//! The connection is closed afterwards rather than given back, so its settings never reach a later
-//! user of the pool.
+//! The settings are reset when the work is done, and the connection is closed rather than given
+//! back, so they reach no later user of the pool, nor of a session pooler in between (whose reset
+//! query may not discard settings).
+//!
+//! A concurrent build also waits for every transaction older than itself to end, and PostgreSQL
+//! counts that wait against `lock_timeout`: on a database with transactions longer than the lock
+//! timeout the build fails, after its scan. The wait blocks no reads or writes, so for such a
+//! database raise `ORKESTRA_MIGRATION_LOCK_TIMEOUT` for the run (README, "On a live database").
+//! On Citus the session's `SET` stays on the coordinator (`citus.propagate_set_commands` forwards
+//! only `SET LOCAL`): the shards' builds wait without a lock timeout, bounded by the coordinator's
+//! statement timeout.
 //!
 //! On SQLite, which has one writer and no concurrent builds, the same indexes are built and dropped
 //! plainly, `IF NOT EXISTS` and `IF EXISTS` kept. On Citus the coordinator forwards the concurrent
@@ -27,6 +36,9 @@ use sea_orm_migration::sea_orm::{DatabaseExecutor, RuntimeErr};
 
 use crate::common::{tenant_index, tenant_index_name};
 use crate::timeouts::Timeouts;
+
+/// The longest identifier PostgreSQL keeps whole (`NAMEDATALEN - 1`).
+const MAX_NAME: usize = 63;
 
 /// Builds `indexes` (named), each concurrently on PostgreSQL, after dropping an invalid index a
 /// failed earlier build left under its name.
@@ -55,6 +67,13 @@ pub(crate) async fn create_indexes(
             .get_name()
             .ok_or_else(|| DbErr::Migration("a concurrent index build needs a name".into()))?
             .to_owned();
+        // PostgreSQL would truncate a longer name, and the invalid-index check would then look
+        // for a name that never exists.
+        if name.len() > MAX_NAME {
+            return Err(DbErr::Migration(format!(
+                "index name {name} is longer than PostgreSQL's {MAX_NAME} bytes"
+            )));
+        }
         if session.invalid_index(&name).await? {
             session.execute(&drop_sql(&name)).await?;
         }
@@ -64,7 +83,7 @@ pub(crate) async fn create_indexes(
             .to_string(PostgresQueryBuilder);
         session.execute(&sql).await?;
     }
-    Ok(())
+    session.reset().await
 }
 
 /// Drops the indexes `names` of `table` if they exist, each concurrently on PostgreSQL.
@@ -97,7 +116,7 @@ where
     for name in names {
         session.execute(&drop_sql(name)).await?;
     }
-    Ok(())
+    session.reset().await
 }
 
 /// Builds the index on `(tenant_id, built...)` of `table`, then drops the one on
@@ -158,6 +177,11 @@ impl Session {
             session.execute(&sql).await?;
         }
         Ok(session)
+    }
+
+    /// Resets the session's settings (the timeouts) before the connection is closed.
+    async fn reset(mut self) -> Result<(), DbErr> {
+        self.execute("RESET ALL").await
     }
 
     /// Runs one statement.
