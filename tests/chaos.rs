@@ -65,7 +65,7 @@ use orkestra_repository::{
     NewMessage, NewTask, RequestContext, TaskRepository, connect, tenant_transaction,
 };
 use orkestra_tests::repo::ctx;
-use orkestra_tests::{TestDb, fixtures, pg};
+use orkestra_tests::{TestDb, fixtures, pg, thousands};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, QueryResult, RuntimeErr,
     Statement, sqlx,
@@ -1425,19 +1425,6 @@ async fn check(
     checked.audit_before = audit_before.0;
     checked.audit_after = total;
     Ok((checked, problems))
-}
-
-/// `1234567` as `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 /// The chaos test (see the module documentation). On a multi-threaded runtime, so that

@@ -54,7 +54,7 @@ use orkestra_repository::{
     tasks::CONVERSATION_FKEY, tasks::GROUP_FKEY, tasks::PENDING, users::EMAIL_KEY,
 };
 use orkestra_tests::repo::{Snapshot, ctx};
-use orkestra_tests::{Backend, TestDb};
+use orkestra_tests::{Backend, TestDb, thousands};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestError, TestRng, TestRunner};
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, QueryOrder};
@@ -2834,19 +2834,6 @@ fn seed_bytes(seed: u64) -> [u8; 32] {
         chunk.copy_from_slice(&(z ^ (z >> 31)).to_le_bytes());
     }
     bytes
-}
-
-/// `1234567` as `1,234,567`.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
 }
 
 #[test]

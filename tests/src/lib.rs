@@ -332,3 +332,16 @@ pub fn seed_from_env(var: &str) -> u64 {
         }
     }
 }
+
+/// `1234567` as `1,234,567`, for the figures tests print.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
