@@ -87,7 +87,7 @@ test-pgbouncer *args:
     echo "== quickstart as the owner, directly: it migrates (migrations never go through the pooler)"
     DATABASE_URL="$url" cargo run -q --example quickstart > /dev/null
     for role in orkestra_test_app:orkestra_app orkestra_test_system:orkestra_system; do
-        psql "$url" -v ON_ERROR_STOP=1 -q -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${role%%:*}') THEN CREATE ROLE ${role%%:*} LOGIN PASSWORD '${role%%:*}' IN ROLE ${role#*:}; END IF; END \$\$"
+        just _test_login_role "$url" "${role%%:*}" "${role#*:}"
     done
     echo "== quickstart through PgBouncer (${hostport}) as orkestra_test_app, tenants on orkestra_test_system"
     DATABASE_URL="$(through orkestra_test_app)" SYSTEM_DATABASE_URL="$(through orkestra_test_system)" \
@@ -154,7 +154,7 @@ test-citus *args:
     sea-orm-cli migrate up -u "${url}${sep}options=-c%20citus.enable_unsafe_triggers%3Doff%20-c%20citus.enable_local_reference_table_foreign_keys%3Don%20-c%20citus.multi_shard_modify_mode%3Dparallel"
     echo "== login roles for the quickstart"
     for role in quickstart_app:orkestra_app quickstart_system:orkestra_system; do
-        psql "$url" -v ON_ERROR_STOP=1 -q -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${role%%:*}') THEN CREATE ROLE ${role%%:*} LOGIN PASSWORD '${role%%:*}' IN ROLE ${role#*:}; END IF; END \$\$"
+        just _test_login_role "$url" "${role%%:*}" "${role#*:}"
     done
     echo "== quickstart as the owner"
     DATABASE_URL="$url" cargo run -q --example quickstart
@@ -188,6 +188,12 @@ app-role name password: (_login_role name password "orkestra_app")
 # orkestra_system, which row-level security does not confine
 [doc("Create a login role in orkestra_system (tenant administration, retention)")]
 system-role name password: (_login_role name password "orkestra_system")
+
+# A login role in `group` whose password is its name, as the test harness's roles, on `url`; left as
+# it is when it exists (the quickstart runs of test-citus and test-pgbouncer)
+[private]
+_test_login_role url name group:
+    @psql "{{url}}" -v ON_ERROR_STOP=1 -q -c "DO \$\$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{{name}}') THEN CREATE ROLE {{name}} LOGIN PASSWORD '{{name}}' IN ROLE {{group}}; END IF; END \$\$"
 
 [private]
 _login_role name password group:

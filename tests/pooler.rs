@@ -31,15 +31,7 @@ fn sql(text: &str) -> Statement {
 fn app_url(db: &TestDb) -> anyhow::Result<String> {
     let url = pg::url_as(db.url().expect("PostgreSQL"), pg::APP_LOGIN)?;
     let mut url = url::Url::parse(&url)?;
-    let kept: Vec<(String, String)> = url
-        .query_pairs()
-        .filter(|(key, _)| key != "statement-cache-capacity")
-        .map(|(key, value)| (key.into_owned(), value.into_owned()))
-        .collect();
-    url.set_query(None);
-    if !kept.is_empty() {
-        url.query_pairs_mut().extend_pairs(kept);
-    }
+    pg::without_param(&mut url, pg::STATEMENT_CACHE_PARAM);
     Ok(url.to_string())
 }
 

@@ -99,17 +99,23 @@ impl Bounded {
     /// Sets the limits when the migrator runs this migration in a transaction on PostgreSQL (its
     /// default there).
     async fn limit(&self, manager: &SchemaManager<'_>) -> Result<(), DbErr> {
-        if manager.get_database_backend() != DbBackend::Postgres
-            || self.0.use_transaction() == Some(false)
-        {
+        if self.0.use_transaction() == Some(false) {
             return Ok(());
         }
-        let db = manager.get_connection();
-        for sql in Timeouts::from_env()?.statements(true) {
-            db.execute_unprepared(&sql).await?;
-        }
-        Ok(())
+        set_local(manager).await
     }
+}
+
+/// Sets the [`Timeouts`] for the transaction `manager` runs in, on PostgreSQL.
+async fn set_local(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
+    if manager.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let db = manager.get_connection();
+    for sql in Timeouts::from_env()?.statements(true) {
+        db.execute_unprepared(&sql).await?;
+    }
+    Ok(())
 }
 
 /// Begins a transaction for a migration that runs its own (`use_transaction() -> Some(false)`),
@@ -122,12 +128,7 @@ pub(crate) async fn transaction(
     manager: &SchemaManager<'_>,
 ) -> Result<SchemaManager<'static>, DbErr> {
     let transaction = manager.begin().await?;
-    if manager.get_database_backend() == DbBackend::Postgres {
-        let db = transaction.get_connection();
-        for sql in Timeouts::from_env()?.statements(true) {
-            db.execute_unprepared(&sql).await?;
-        }
-    }
+    set_local(&transaction).await?;
     Ok(transaction)
 }
 

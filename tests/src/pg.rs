@@ -89,17 +89,27 @@ pub fn through_pooler(url: &str, pooler: &str) -> anyhow::Result<String> {
             .and_then(|()| through.set_password(pooler.password()))
             .map_err(|()| anyhow::anyhow!("cannot set a user in {}", redact(url)))?;
     }
-    let kept: Vec<(String, String)> = through
-        .query_pairs()
-        .filter(|(key, _)| key != "statement-cache-capacity")
-        .map(|(key, value)| (key.into_owned(), value.into_owned()))
-        .collect();
+    without_param(&mut through, STATEMENT_CACHE_PARAM);
     through
         .query_pairs_mut()
-        .clear()
-        .extend_pairs(kept)
-        .append_pair("statement-cache-capacity", "0");
+        .append_pair(STATEMENT_CACHE_PARAM, "0");
     Ok(through.to_string())
+}
+
+/// The URL parameter that sets sqlx's statement cache capacity.
+pub const STATEMENT_CACHE_PARAM: &str = "statement-cache-capacity";
+
+/// Removes the query parameter `key` from `url`, keeping the others in order.
+pub fn without_param(url: &mut url::Url, key: &str) {
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| k != key)
+        .map(|(k, value)| (k.into_owned(), value.into_owned()))
+        .collect();
+    url.set_query(None);
+    if !kept.is_empty() {
+        url.query_pairs_mut().extend_pairs(kept);
+    }
 }
 
 /// Says once per test process which way the tests reach PostgreSQL: straight to the process's
