@@ -96,6 +96,24 @@ fn only<'a>(spans: &'a [Captured], name: &str) -> &'a Captured {
     found[0]
 }
 
+/// Held by each test from its first statement to its last.
+///
+/// `tracing` caches, process-wide, whether a callsite is wanted, and computes it once, when the
+/// callsite is first reached, from the subscriber of the thread that reaches it. A test running
+/// the repository without a subscriber while another has installed its own would cache the
+/// statement span as never wanted, and the other test would capture no statement (seen in CI).
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Installs a capturing subscriber on this thread until the guard is dropped. Installing it has
+/// every callsite reached so far ask again whether it is wanted; [`ONE_AT_A_TIME`] keeps other
+/// threads from reaching one for the first time while it is installed.
+fn capture() -> (Capture, tracing::subscriber::DefaultGuard) {
+    let capture = Capture::default();
+    let subscriber = tracing_subscriber::registry().with(capture.clone());
+    let guard = tracing::subscriber::set_default(subscriber);
+    (capture, guard)
+}
+
 /// A migrated database with a tenant and one user: the database, the tenant's id and the user's.
 async fn with_user() -> anyhow::Result<(TestDb, uuid::Uuid, uuid::Uuid)> {
     let db = TestDb::migrated().await?;
@@ -113,6 +131,7 @@ async fn with_user() -> anyhow::Result<(TestDb, uuid::Uuid, uuid::Uuid)> {
 #[tokio::test]
 async fn every_call_runs_in_a_span_with_its_ids_and_its_statements_as_children()
 -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (db, tenant, ada) = with_user().await?;
     let (conn, app) = (db.conn(), db.app_conn());
     let ctx = ctx(tenant);
@@ -124,9 +143,7 @@ async fn every_call_runs_in_a_span_with_its_ids_and_its_statements_as_children()
         .add_member(&ctx, group, ada)
         .await?;
 
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (capture, _default) = capture();
     let tasks = TaskRepository::new(app);
     let task = tasks
         .create(
@@ -195,6 +212,7 @@ async fn every_call_runs_in_a_span_with_its_ids_and_its_statements_as_children()
 
 #[tokio::test]
 async fn a_failed_call_records_the_errors_variant() -> anyhow::Result<()> {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (db, tenant, ada) = with_user().await?;
     let conn = db.conn();
     let ctx = ctx(tenant);
@@ -206,9 +224,7 @@ async fn a_failed_call_records_the_errors_variant() -> anyhow::Result<()> {
         .await?;
     TaskRepository::new(conn).claim(&ctx, task.id, ada).await?;
 
-    let capture = Capture::default();
-    let subscriber = tracing_subscriber::registry().with(capture.clone());
-    let _default = tracing::subscriber::set_default(subscriber);
+    let (capture, _default) = capture();
     let tasks = TaskRepository::new(db.app_conn());
     tasks
         .claim(&ctx, task.id, ada)
