@@ -632,6 +632,16 @@ fn notices() -> &'static Arc<Mutex<Vec<String>>> {
     })
 }
 
+/// Keeps the log of [`notices`] to the calling test until the guard is dropped. The log is the
+/// process's, and the tests that read it run in parallel: without this, one test's clearing or
+/// taking the log would lose the other's notices, or hand them over.
+async fn own_the_notices() -> tokio::sync::MutexGuard<'static, ()> {
+    static OWNER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let guard = OWNER.lock().await;
+    notices();
+    guard
+}
+
 /// Keeps the messages of sqlx's notice events.
 struct NoticeLayer(Arc<Mutex<Vec<String>>>);
 
@@ -688,8 +698,8 @@ async fn remote_commands<T>(
 /// log would tell.
 #[tokio::test]
 async fn tenant_writes_commit_in_one_phase() -> anyhow::Result<()> {
+    let _log = own_the_notices().await;
     let db = TestDb::postgres_only().await?;
-    notices();
     let app = logging_remote_commands(&db, pg::APP_LOGIN).await?;
     let system = logging_remote_commands(&db, pg::SYSTEM_LOGIN).await?;
 
@@ -796,8 +806,8 @@ async fn tenant_writes_commit_in_one_phase() -> anyhow::Result<()> {
 #[tokio::test]
 async fn one_message_begins_and_binds_the_tenant_on_the_worker_without_warnings()
 -> anyhow::Result<()> {
+    let _log = own_the_notices().await;
     let db = TestDb::postgres_only().await?;
-    notices();
     let tenant = TenantRepository::new(db.conn())
         .create(NewTenant::new("Acme", "acme"))
         .await?
