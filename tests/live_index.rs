@@ -3,10 +3,12 @@
 //! generator (100,000 tasks).
 //!
 //! What it shows, in one test (its phases share the seeded database, which takes the longest):
-//! 1. **A failed build leaves nothing invalid behind on rerun.** A transaction that holds an old
-//!    snapshot makes the concurrent build wait until the migration's `lock_timeout` (the default,
-//!    5 s) gives up: the migration fails and leaves an invalid index, as PostgreSQL does. The
-//!    rerun drops it and builds it again.
+//! 1. **A concurrent build outwaits long transactions, and a failed one leaves nothing invalid
+//!    behind on rerun.** A transaction that holds an old snapshot makes the concurrent build wait
+//!    for it. The build is seen still waiting past a schema change's lock timeout (5 s), which
+//!    would have made it fail; it has a lock timeout of its own (10 minutes). It is then
+//!    cancelled, as an operator would: the migration fails and leaves an invalid index, as
+//!    PostgreSQL does. The rerun drops it and builds it again.
 //! 2. **No writer waits on the migration.** While the rerun builds and drops its indexes, writers
 //!    of the application role create and claim tasks, and a sampler watches `pg_stat_activity` for
 //!    writers waiting on a lock. The bound: no writer is seen waiting on a lock for
@@ -20,6 +22,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use orkestra_migration::timeouts::{
+    CONCURRENT_LOCK_TIMEOUT_VAR, DEFAULT_CONCURRENT_LOCK_TIMEOUT, DEFAULT_LOCK_TIMEOUT,
+};
 use orkestra_migration::{Migrator, MigratorTrait};
 use orkestra_repository::{AssignTo, DbConfig, NewTask, TaskRepository, connect};
 use orkestra_tests::repo::ctx;
@@ -47,6 +52,9 @@ const WRITE_BOUND: Duration = Duration::from_secs(2);
 const CONTROL_HOLD: Duration = Duration::from_millis(2500);
 /// How often the sampler looks at `pg_stat_activity`.
 const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// How long the first build must be seen waiting for the old snapshot before it is cancelled:
+/// longer than a schema change's lock timeout, [`DEFAULT_LOCK_TIMEOUT`] (asserted).
+const PAST_THE_LOCK_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The indexes migration 17 builds and the ones it drops.
 const BUILT: [&str; 2] = [
@@ -79,6 +87,27 @@ async fn indexes(db: &DatabaseConnection, names: &[&str]) -> anyhow::Result<Vec<
     rows.iter()
         .map(|row| Ok((row.try_get("", "name")?, row.try_get("", "valid")?)))
         .collect()
+}
+
+/// The backend of a concurrent index build waiting for a lock, and how long it has waited.
+async fn waiting_build(db: &DatabaseConnection) -> anyhow::Result<Option<(i32, Duration)>> {
+    let row = db
+        .query_one_raw(sql(
+            "SELECT a.pid, extract(epoch FROM clock_timestamp() - l.waitstart)::float8 AS waited \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE NOT l.granted AND l.waitstart IS NOT NULL \
+             AND a.datname = current_database() AND a.query ILIKE 'CREATE INDEX CONCURRENTLY%' \
+             ORDER BY waited DESC LIMIT 1",
+        ))
+        .await?;
+    row.map(|row| {
+        let waited: f64 = row.try_get("", "waited")?;
+        Ok((
+            row.try_get("", "pid")?,
+            Duration::from_secs_f64(waited.max(0.0)),
+        ))
+    })
+    .transpose()
 }
 
 /// What the writers and the sampler saw over one phase.
@@ -224,11 +253,15 @@ impl Load {
               and migrate down and up; migration 17 itself runs on Citus in tests/migrations.rs"
 )]
 async fn indexes_are_built_on_a_live_table_without_blocking_writers() -> anyhow::Result<()> {
-    // Phase 1 relies on the default lock timeout to end the wait it provokes.
+    // Phase 1 relies on the defaults: a build outwaits a schema change's lock timeout.
     assert!(
-        std::env::var_os(orkestra_migration::timeouts::LOCK_TIMEOUT_VAR).is_none(),
-        "unset {} for this test: it measures the default",
-        orkestra_migration::timeouts::LOCK_TIMEOUT_VAR
+        std::env::var_os(CONCURRENT_LOCK_TIMEOUT_VAR).is_none(),
+        "unset {CONCURRENT_LOCK_TIMEOUT_VAR} for this test: it measures the default"
+    );
+    assert_eq!(
+        (DEFAULT_LOCK_TIMEOUT, DEFAULT_CONCURRENT_LOCK_TIMEOUT),
+        ("5s", "10min"),
+        "PAST_THE_LOCK_TIMEOUT is chosen for these"
     );
     let db = TestDb::postgres_only().await?;
     let owner = db.conn();
@@ -255,7 +288,8 @@ async fn indexes_are_built_on_a_live_table_without_blocking_writers() -> anyhow:
     config.max_connections = u32::try_from(WRITERS)?;
     let app = connect(&config).await?;
 
-    // 1. A transaction with an old snapshot holds the concurrent build until lock_timeout.
+    // 1. A transaction with an old snapshot holds the concurrent build, past a schema change's
+    //    lock timeout, until the build is cancelled.
     let blocker = owner.begin().await?;
     blocker
         .execute_unprepared("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
@@ -264,15 +298,40 @@ async fn indexes_are_built_on_a_live_table_without_blocking_writers() -> anyhow:
         .query_one_raw(sql("SELECT count(*) FROM tenants"))
         .await?;
     let started = Instant::now();
-    let failed = Migrator::up(owner, None)
-        .await
-        .expect_err("the build must give up waiting for the old snapshot");
-    let waited = started.elapsed();
+    let migrating = tokio::spawn({
+        let owner = owner.clone();
+        async move { Migrator::up(&owner, None).await }
+    });
+    let (build, waited) = loop {
+        anyhow::ensure!(
+            !migrating.is_finished(),
+            "the migration ended while an old snapshot was open: {:?}",
+            migrating.await?
+        );
+        if let Some(waiting) = waiting_build(owner).await?
+            && waiting.1 >= PAST_THE_LOCK_TIMEOUT
+        {
+            break waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    owner
+        .execute_raw(sql(&format!("SELECT pg_cancel_backend({build})")))
+        .await?;
+    let failed = migrating
+        .await?
+        .expect_err("a cancelled build fails its migration");
     blocker.rollback().await?;
-    orkestra_tests::report!("failed run: {:.2} s: {failed}", waited.as_secs_f64());
+    orkestra_tests::report!(
+        "failed run: the build waited {:.2} s for the old snapshot, cancelled after {:.2} s: {failed}",
+        waited.as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
     assert!(
-        failed.to_string().contains("lock timeout"),
-        "expected the migration's lock timeout, got: {failed}"
+        failed
+            .to_string()
+            .contains("canceling statement due to user request"),
+        "expected the cancel, got: {failed}"
     );
     assert_eq!(
         indexes(owner, &BUILT).await?,

@@ -11,17 +11,16 @@
 //! - a drop is `IF EXISTS`.
 //!
 //! The statements run on one connection of their own, taken from the pool, with the migration
-//! [`Timeouts`] set on its session: the pool could otherwise hand each statement another connection.
-//! The settings are reset when the work is done, and the connection is closed rather than given
-//! back, so they reach no later user of the pool, nor of a session pooler in between (whose reset
-//! query may not discard settings).
+//! [`Timeouts`] set on its session: the pool could otherwise hand each statement another
+//! connection. The settings are reset when the work is done, and the connection is closed rather
+//! than given back, so they reach no later user of the pool, nor of a session pooler in between
+//! (whose reset query may not discard settings).
 //!
 //! A concurrent build also waits for every transaction older than itself to end, and PostgreSQL
-//! counts that wait against `lock_timeout`: on a database with transactions longer than the lock
-//! timeout the build fails, after its scan. The wait blocks no reads or writes, so for such a
-//! database raise `ORKESTRA_MIGRATION_LOCK_TIMEOUT` for the run (README, "On a live database").
-//! On Citus the session's `SET` stays on the coordinator (`citus.propagate_set_commands` forwards
-//! only `SET LOCAL`): the shards' builds wait without a lock timeout, bounded by the coordinator's
+//! counts that wait against `lock_timeout`. The wait blocks no reads or writes, hence the longer
+//! lock timeout of these sessions, [`Timeouts::concurrent_lock`] (10 minutes by default). On Citus
+//! the session's `SET` stays on the coordinator (`citus.propagate_set_commands` forwards only
+//! `SET LOCAL`): the shards' builds wait without a lock timeout, bounded by the coordinator's
 //! statement timeout.
 //!
 //! On SQLite, which has one writer and no concurrent builds, the same indexes are built and dropped
@@ -173,7 +172,7 @@ impl Session {
         let mut session = Session { conn };
         // sqlx cannot take back `close_on_drop`; a new connection costs a migration little.
         session.conn.close_on_drop();
-        for sql in Timeouts::from_env()?.statements(false) {
+        for sql in Timeouts::from_env()?.for_concurrent_session() {
             session.execute(&sql).await?;
         }
         Ok(session)

@@ -17,6 +17,13 @@
 //! |---|---|---|
 //! | `ORKESTRA_MIGRATION_LOCK_TIMEOUT` | `5s` | longest wait for a lock |
 //! | `ORKESTRA_MIGRATION_STATEMENT_TIMEOUT` | `15min` | longest statement (an index build on a large table is one statement) |
+//! | `ORKESTRA_MIGRATION_CONCURRENT_LOCK_TIMEOUT` | `10min` | longest wait for a lock of a concurrent index build or drop |
+//!
+//! A concurrent index build or drop waits for older transactions to end, and PostgreSQL counts
+//! that wait against `lock_timeout`. The wait blocks no reads or writes (the lock it holds
+//! meanwhile conflicts only with schema changes, `VACUUM` and `ANALYZE` of the table), so those
+//! sessions get a lock timeout of their own, long enough for a database whose transactions run for
+//! minutes: with the 5 s of a schema change, such a build would fail after its scan, every time.
 //!
 //! A value is a PostgreSQL duration: a number with an optional unit (`us`, `ms`, `s`, `min`, `h`,
 //! `d`; milliseconds without one); `0` turns the limit off. SQLite has neither setting and a single
@@ -33,14 +40,21 @@ pub const STATEMENT_TIMEOUT_VAR: &str = "ORKESTRA_MIGRATION_STATEMENT_TIMEOUT";
 pub const DEFAULT_LOCK_TIMEOUT: &str = "5s";
 /// The longest one statement of a migration runs, unless [`STATEMENT_TIMEOUT_VAR`] says otherwise.
 pub const DEFAULT_STATEMENT_TIMEOUT: &str = "15min";
+/// The variable that overrides [`DEFAULT_CONCURRENT_LOCK_TIMEOUT`].
+pub const CONCURRENT_LOCK_TIMEOUT_VAR: &str = "ORKESTRA_MIGRATION_CONCURRENT_LOCK_TIMEOUT";
+/// The longest a concurrent index build or drop waits for a lock, older transactions included,
+/// unless [`CONCURRENT_LOCK_TIMEOUT_VAR`] says otherwise.
+pub const DEFAULT_CONCURRENT_LOCK_TIMEOUT: &str = "10min";
 
-/// The two limits a migration's session runs under.
+/// The limits a migration's session runs under.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Timeouts {
     /// `lock_timeout`, as PostgreSQL reads it.
     pub lock: String,
     /// `statement_timeout`, as PostgreSQL reads it.
     pub statement: String,
+    /// `lock_timeout` of a session that builds or drops indexes concurrently.
+    pub concurrent_lock: String,
 }
 
 impl Timeouts {
@@ -56,16 +70,24 @@ impl Timeouts {
         Ok(Timeouts {
             lock: read(LOCK_TIMEOUT_VAR, DEFAULT_LOCK_TIMEOUT)?,
             statement: read(STATEMENT_TIMEOUT_VAR, DEFAULT_STATEMENT_TIMEOUT)?,
+            concurrent_lock: read(CONCURRENT_LOCK_TIMEOUT_VAR, DEFAULT_CONCURRENT_LOCK_TIMEOUT)?,
         })
     }
 
-    /// The statements that set both limits: for the current transaction only (`SET LOCAL`), or
-    /// for the session.
-    pub(crate) fn statements(&self, transaction_only: bool) -> [String; 2] {
-        let scope = if transaction_only { "SET LOCAL" } else { "SET" };
+    /// The statements that set the limits for the current transaction only (`SET LOCAL`).
+    pub(crate) fn for_transaction(&self) -> [String; 2] {
         [
-            format!("{scope} lock_timeout = '{}'", self.lock),
-            format!("{scope} statement_timeout = '{}'", self.statement),
+            format!("SET LOCAL lock_timeout = '{}'", self.lock),
+            format!("SET LOCAL statement_timeout = '{}'", self.statement),
+        ]
+    }
+
+    /// The statements that set the limits for a session that builds or drops indexes
+    /// concurrently, whose lock timeout is [`Timeouts::concurrent_lock`].
+    pub(crate) fn for_concurrent_session(&self) -> [String; 2] {
+        [
+            format!("SET lock_timeout = '{}'", self.concurrent_lock),
+            format!("SET statement_timeout = '{}'", self.statement),
         ]
     }
 }
@@ -112,7 +134,7 @@ async fn set_local(manager: &SchemaManager<'_>) -> Result<(), DbErr> {
         return Ok(());
     }
     let db = manager.get_connection();
-    for sql in Timeouts::from_env()?.statements(true) {
+    for sql in Timeouts::from_env()?.for_transaction() {
         db.execute_unprepared(&sql).await?;
     }
     Ok(())
@@ -179,18 +201,25 @@ mod tests {
     }
 
     #[test]
-    fn transaction_only_limits_use_set_local() {
+    fn transactions_get_set_local_and_concurrent_sessions_their_own_lock_timeout() {
         let limits = Timeouts {
             lock: "5s".into(),
             statement: "15min".into(),
+            concurrent_lock: "10min".into(),
         };
         assert_eq!(
-            limits.statements(true),
+            limits.for_transaction(),
             [
                 "SET LOCAL lock_timeout = '5s'".to_owned(),
                 "SET LOCAL statement_timeout = '15min'".to_owned()
             ]
         );
-        assert!(limits.statements(false)[0].starts_with("SET lock_timeout"));
+        assert_eq!(
+            limits.for_concurrent_session(),
+            [
+                "SET lock_timeout = '10min'".to_owned(),
+                "SET statement_timeout = '15min'".to_owned()
+            ]
+        );
     }
 }
