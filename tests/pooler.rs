@@ -44,20 +44,6 @@ async fn service(db: &TestDb, cache: Option<usize>) -> anyhow::Result<DatabaseCo
     Ok(connect(&config).await?)
 }
 
-/// The SQLSTATE of a repository error from the server, if it is one.
-fn sqlstate(error: &Error) -> Option<String> {
-    match error {
-        Error::Db(
-            sea_orm::DbErr::Query(sea_orm::RuntimeErr::SqlxError(e))
-            | sea_orm::DbErr::Exec(sea_orm::RuntimeErr::SqlxError(e)),
-        ) => e
-            .as_database_error()
-            .and_then(|e| e.code())
-            .map(|code| code.into_owned()),
-        _ => None,
-    }
-}
-
 /// A tenant with one user; the context and the user's id.
 async fn tenant_with_user(db: &TestDb) -> anyhow::Result<(RequestContext, Uuid)> {
     let tenant = fixtures::tenant(db.conn(), "pooler").await?.id;
@@ -97,7 +83,7 @@ async fn behind_a_transaction_pooler_only_a_pool_without_statement_cache_works()
     if pooled {
         let error = second.expect_err("the cached statement is gone behind a transaction pooler");
         assert_eq!(
-            sqlstate(&error).as_deref(),
+            error.sqlstate().as_deref(),
             Some(NO_SUCH_STATEMENT),
             "{error:?}"
         );
@@ -148,7 +134,7 @@ async fn behind_a_transaction_pooler_a_statement_needs_a_transaction() -> anyhow
     if pooled {
         let error = Error::from(alone.expect_err("prepared and executed on two servers"));
         assert_eq!(
-            sqlstate(&error).as_deref(),
+            error.sqlstate().as_deref(),
             Some(NO_SUCH_STATEMENT),
             "{error:?}"
         );

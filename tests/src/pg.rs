@@ -112,27 +112,21 @@ pub fn without_param(url: &mut url::Url, key: &str) {
     }
 }
 
-/// Says once per test process which way the tests reach PostgreSQL: straight to the process's
-/// standard error, which libtest's capture (of `print!` and `eprint!`) does not hold back, so a
+/// Says once per test process which way the tests reach PostgreSQL, with [`crate::report`], so a
 /// passing run's log shows it too.
 pub(crate) fn announce_path(admin_url: &str, pooler: Option<&str>) {
-    use std::io::Write as _;
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        let line = match pooler {
-            Some(pooler) => format!(
-                "orkestra-tests: PostgreSQL through the transaction pooler at {} (statement \
-                 cache off); databases created and dropped directly at {}",
-                redact(pooler),
-                redact(admin_url)
-            ),
-            None => format!(
-                "orkestra-tests: PostgreSQL directly at {}",
-                redact(admin_url)
-            ),
-        };
-        // A line that cannot be written is no reason to fail a test.
-        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    ONCE.call_once(|| match pooler {
+        Some(pooler) => crate::report!(
+            "orkestra-tests: PostgreSQL through the transaction pooler at {} (statement cache \
+             off); databases created and dropped directly at {}",
+            redact(pooler),
+            redact(admin_url)
+        ),
+        None => crate::report!(
+            "orkestra-tests: PostgreSQL directly at {}",
+            redact(admin_url)
+        ),
     });
 }
 
